@@ -1,0 +1,25 @@
+//! The `worker` Lambda: SQS batches of job ids → Bedrock → S3 and DynamoDB.
+
+use aws_lambda_events::sqs::SqsEvent;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use pipeline::adapters::{BedrockTextModel, DynamoJobStore, S3ArtifactStore};
+use pipeline::config::Env;
+use worker::{Config, Worker};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    pipeline::telemetry::init();
+    let config =
+        Config::from_env(&Env::from_process()).inspect_err(pipeline::telemetry::init_failed)?;
+    let aws = pipeline::aws::load_sdk_config().await;
+    let worker = Worker::new(
+        DynamoJobStore::new(&aws, config.table),
+        S3ArtifactStore::new(&aws, config.artifacts_bucket),
+        BedrockTextModel::new(&aws),
+        config.settings,
+    );
+    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async {
+        Ok::<_, Error>(worker.handle(event).await)
+    }))
+    .await
+}

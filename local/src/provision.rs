@@ -1,0 +1,214 @@
+//! Creates the pipeline's AWS resources, as the SAM template declares them.
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use aws_sdk_sqs::types::QueueAttributeName;
+use pipeline::adapters::OWNER_INDEX;
+
+/// Deliveries before SQS moves a message to the dead-letter queue. Above the worker's
+/// `MAX_ATTEMPTS` (3), so that the worker decides a job's fate before SQS gives up on it.
+pub const MAX_RECEIVE_COUNT: u32 = 5;
+
+/// The names to create.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub table: String,
+    pub queue: String,
+    pub bucket: String,
+}
+
+impl Names {
+    /// `{prefix}-jobs`, `{prefix}-jobs` queue (+ `-dlq`), `{prefix}-artifacts`.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            table: format!("{prefix}-jobs"),
+            queue: format!("{prefix}-jobs"),
+            bucket: format!("{prefix}-artifacts"),
+        }
+    }
+}
+
+/// What was created, with the identifiers the functions are configured with.
+#[derive(Clone, Debug)]
+pub struct Resources {
+    pub table: String,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub dead_letter_queue_url: String,
+    pub bucket: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not create {what}: {detail}")]
+pub struct ProvisionError {
+    what: String,
+    detail: String,
+}
+
+fn failed(what: impl Into<String>) -> impl FnOnce(String) -> ProvisionError {
+    let what = what.into();
+    move |detail| ProvisionError { what, detail }
+}
+
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Creates the table (with its owner index and TTL), the queue with its dead-letter queue,
+/// and the artifacts bucket. `visibility_timeout_secs` is the jobs queue's.
+pub async fn provision(
+    config: &SdkConfig,
+    names: &Names,
+    visibility_timeout_secs: u32,
+) -> Result<Resources, ProvisionError> {
+    create_table(config, &names.table).await?;
+    let (queue_url, queue_arn, dead_letter_queue_url) =
+        create_queues(config, &names.queue, visibility_timeout_secs).await?;
+    create_bucket(config, &names.bucket).await?;
+    Ok(Resources {
+        table: names.table.clone(),
+        queue_url,
+        queue_arn,
+        dead_letter_queue_url,
+        bucket: names.bucket.clone(),
+    })
+}
+
+async fn create_table(config: &SdkConfig, table: &str) -> Result<(), ProvisionError> {
+    let client = aws_sdk_dynamodb::Client::new(config);
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .expect("name and type are set")
+    };
+    let key = |name: &str, key_type: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(key_type)
+            .build()
+            .expect("name and type are set")
+    };
+    let owner_index = GlobalSecondaryIndex::builder()
+        .index_name(OWNER_INDEX)
+        .key_schema(key("owner", KeyType::Hash))
+        .key_schema(key("created_at", KeyType::Range))
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(|e| failed("the owner index")(e.to_string()))?;
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("job_id"))
+        .attribute_definitions(attribute("owner"))
+        .attribute_definitions(attribute("created_at"))
+        .key_schema(key("job_id", KeyType::Hash))
+        .global_secondary_indexes(owner_index)
+        .send()
+        .await
+        .map_err(|e| failed(format!("table {table}"))(chain(&e)))?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()
+                .expect("name and flag are set"),
+        )
+        .send()
+        .await
+        .map_err(|e| failed(format!("TTL on table {table}"))(chain(&e)))?;
+    Ok(())
+}
+
+async fn create_queues(
+    config: &SdkConfig,
+    queue: &str,
+    visibility_timeout_secs: u32,
+) -> Result<(String, String, String), ProvisionError> {
+    let client = aws_sdk_sqs::Client::new(config);
+    let dead_letter_queue = format!("{queue}-dlq");
+    let dlq_url = client
+        .create_queue()
+        .queue_name(&dead_letter_queue)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+        .send()
+        .await
+        .map_err(|e| failed(format!("queue {dead_letter_queue}"))(chain(&e)))?
+        .queue_url
+        .unwrap_or_default();
+    let dlq_arn = queue_arn(&client, &dlq_url).await?;
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": MAX_RECEIVE_COUNT.to_string(),
+    });
+    let queue_url = client
+        .create_queue()
+        .queue_name(queue)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_timeout_secs.to_string(),
+        )
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .map_err(|e| failed(format!("queue {queue}"))(chain(&e)))?
+        .queue_url
+        .unwrap_or_default();
+    let arn = queue_arn(&client, &queue_url).await?;
+    Ok((queue_url, arn, dlq_url))
+}
+
+async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String, ProvisionError> {
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| failed(format!("the ARN of {url}"))(chain(&e)))?;
+    attributes
+        .attributes
+        .and_then(|mut map| map.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| failed(format!("the ARN of {url}"))("no QueueArn attribute".into()))
+}
+
+async fn create_bucket(config: &SdkConfig, bucket: &str) -> Result<(), ProvisionError> {
+    let s3 = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(true)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(s3);
+    let region = config.region().map(|r| r.as_ref().to_owned());
+    // us-east-1 is the one region that refuses an explicit location constraint.
+    let location = region.filter(|region| region != "us-east-1").map(|region| {
+        CreateBucketConfiguration::builder()
+            .location_constraint(BucketLocationConstraint::from(region.as_str()))
+            .build()
+    });
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .set_create_bucket_configuration(location)
+        .send()
+        .await
+        .map_err(|e| failed(format!("bucket {bucket}"))(chain(&e)))?;
+    Ok(())
+}

@@ -1,0 +1,393 @@
+use std::collections::HashMap;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use chrono::{DateTime, Utc};
+
+use super::describe;
+use crate::domain::{
+    Completion, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Owner,
+    Transition, Usage, format_timestamp, parse_timestamp,
+};
+use crate::ports::{Inserted, JobStore, Page, PageCursor, Unavailable};
+
+/// The owner index of the contract: partition key `owner`, sort key `created_at`.
+pub const OWNER_INDEX: &str = "owner-created_at-index";
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The jobs table on DynamoDB. Every status change is a conditional update, so the table
+/// itself enforces the state machine even when several workers race.
+#[derive(Clone, Debug)]
+pub struct DynamoJobStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoJobStore {
+    pub fn new(config: &SdkConfig, table: impl Into<String>) -> Self {
+        Self {
+            client: Client::new(config),
+            table: table.into(),
+        }
+    }
+}
+
+impl JobStore for DynamoJobStore {
+    async fn insert(&self, job: &Job) -> Result<Inserted, Unavailable> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(job_to_item(job)))
+            .condition_expression("attribute_not_exists(job_id)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Inserted::Created),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Inserted::AlreadyExists)
+            }
+            Err(error) => Err(Unavailable::new("DynamoDB PutItem", describe(&error))),
+        }
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, Unavailable> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
+        output.item.as_ref().map(item_to_job).transpose()
+    }
+
+    async fn list(
+        &self,
+        owner: &Owner,
+        limit: usize,
+        after: Option<&PageCursor>,
+    ) -> Result<Page, Unavailable> {
+        // One item more than asked tells whether another page exists, so that the last page
+        // never carries a cursor to an empty one.
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OWNER_INDEX)
+            .key_condition_expression("#owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner.as_str()))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(after.map(|cursor| {
+                HashMap::from([
+                    ("job_id".to_owned(), s(cursor.job_id.to_string())),
+                    ("owner".to_owned(), s(owner.as_str())),
+                    ("created_at".to_owned(), s(&cursor.created_at)),
+                ])
+            }))
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB Query", describe(&error)))?;
+        let more_in_table = output.last_evaluated_key.is_some();
+        let mut jobs = output
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(item_to_job)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = jobs.len() > limit || more_in_table;
+        jobs.truncate(limit);
+        let next = jobs.last().filter(|_| more).map(|last| PageCursor {
+            job_id: last.id,
+            created_at: format_timestamp(last.created_at),
+        });
+        Ok(Page { jobs, next })
+    }
+
+    async fn transition(
+        &self,
+        id: JobId,
+        transition: &Transition,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Job>, Unavailable> {
+        let target = transition.target();
+        let mut sets = vec![
+            ("status", s(target.as_str())),
+            ("updated_at", s(format_timestamp(at))),
+        ];
+        match transition {
+            Transition::Start => {}
+            Transition::Succeed(completion) => sets.extend([
+                ("completed_at", s(format_timestamp(at))),
+                ("output", s(&completion.output)),
+                ("stop_reason", s(&completion.stop_reason)),
+                ("input_tokens", n(completion.usage.input_tokens)),
+                ("output_tokens", n(completion.usage.output_tokens)),
+                ("artifact_key", s(&completion.artifact_key)),
+            ]),
+            Transition::Fail(failure) => sets.extend([
+                ("completed_at", s(format_timestamp(at))),
+                ("error_code", s(&failure.code)),
+                ("error_message", s(&failure.message)),
+            ]),
+        }
+
+        // Every attribute goes by an alias: `status` and `owner` are DynamoDB reserved words.
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut clauses = Vec::new();
+        for (i, (name, value)) in sets.into_iter().enumerate() {
+            names.insert(format!("#a{i}"), name.to_owned());
+            values.insert(format!(":a{i}"), value);
+            clauses.push(format!("#a{i} = :a{i}"));
+        }
+        let mut update = format!("SET {}", clauses.join(", "));
+        if *transition == Transition::Start {
+            names.insert("#attempts".to_owned(), "attempts".to_owned());
+            values.insert(":one".to_owned(), n(1u64));
+            update.push_str(" ADD #attempts :one");
+        }
+        // `#a0` is `status`. A missing item has no status, so it never matches.
+        let sources: Vec<String> = JobStatus::sources_of(target)
+            .into_iter()
+            .enumerate()
+            .map(|(i, source)| {
+                values.insert(format!(":from{i}"), s(source.as_str()));
+                format!(":from{i}")
+            })
+            .collect();
+        let condition = format!("#a0 IN ({})", sources.join(", "));
+
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => output.attributes.as_ref().map(item_to_job).transpose(),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
+        }
+    }
+}
+
+fn s(text: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(text.into())
+}
+
+fn n(number: impl ToString) -> AttributeValue {
+    AttributeValue::N(number.to_string())
+}
+
+fn job_to_item(job: &Job) -> Item {
+    let request = &job.request;
+    let mut item = Item::from([
+        ("job_id".to_owned(), s(job.id.to_string())),
+        ("owner".to_owned(), s(job.owner.as_str())),
+        ("status".to_owned(), s(job.status.as_str())),
+        ("model_id".to_owned(), s(&request.model)),
+        ("prompt".to_owned(), s(&request.prompt)),
+        ("max_tokens".to_owned(), n(request.max_tokens)),
+        ("created_at".to_owned(), s(format_timestamp(job.created_at))),
+        ("updated_at".to_owned(), s(format_timestamp(job.updated_at))),
+        ("expires_at".to_owned(), n(job.expires_at)),
+        ("attempts".to_owned(), n(job.attempts)),
+    ]);
+    let optional = [
+        ("system", request.system.as_deref().map(s)),
+        ("temperature", request.temperature.map(n)),
+        (
+            "idempotency_key",
+            job.idempotency_key.as_ref().map(|key| s(key.as_str())),
+        ),
+        (
+            "completed_at",
+            job.completed_at.map(|at| s(format_timestamp(at))),
+        ),
+    ];
+    item.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_owned(), value?))),
+    );
+    // New jobs carry no outcome; the worker writes it through `transition`.
+    debug_assert!(job.completion.is_none() && job.failure.is_none());
+    item
+}
+
+/// Reads a record, or says which attribute made it unreadable.
+fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
+    let record = Record(item);
+    let corrupt = |what: String| {
+        let id = record.text("job_id").unwrap_or("?");
+        Unavailable::new("DynamoDB", format!("job record {id} is malformed: {what}"))
+    };
+    let id = JobId::parse(record.required_text("job_id").map_err(corrupt)?)
+        .ok_or_else(|| corrupt("job_id is not a UUID".into()))?;
+    let status = JobStatus::parse(record.required_text("status").map_err(corrupt)?)
+        .ok_or_else(|| corrupt("unknown status".into()))?;
+    let time = |name: &str| -> Result<Option<DateTime<Utc>>, Unavailable> {
+        record
+            .text(name)
+            .map(|text| {
+                parse_timestamp(text).ok_or_else(|| corrupt(format!("{name} is not RFC 3339")))
+            })
+            .transpose()
+    };
+    let required_time =
+        |name: &str| time(name)?.ok_or_else(|| corrupt(format!("{name} is missing")));
+    let number = |name: &str| record.number::<u64>(name).map_err(corrupt);
+
+    let completion = match (status, record.text("output")) {
+        (JobStatus::Succeeded, Some(output)) => Some(Completion {
+            output: output.to_owned(),
+            stop_reason: record.text("stop_reason").unwrap_or_default().to_owned(),
+            usage: Usage {
+                input_tokens: number("input_tokens")?.unwrap_or(0),
+                output_tokens: number("output_tokens")?.unwrap_or(0),
+            },
+            artifact_key: record.text("artifact_key").unwrap_or_default().to_owned(),
+        }),
+        _ => None,
+    };
+    let failure = record.text("error_code").map(|code| JobFailure {
+        code: code.to_owned(),
+        message: record.text("error_message").unwrap_or_default().to_owned(),
+    });
+    let expires_at = record
+        .number::<i64>("expires_at")
+        .map_err(corrupt)?
+        .ok_or_else(|| corrupt("expires_at is missing".into()))?;
+
+    Ok(Job {
+        id,
+        owner: Owner::new(record.required_text("owner").map_err(corrupt)?),
+        status,
+        request: GenerateRequest {
+            prompt: record.required_text("prompt").map_err(corrupt)?.to_owned(),
+            model: record
+                .required_text("model_id")
+                .map_err(corrupt)?
+                .to_owned(),
+            max_tokens: record
+                .number::<u32>("max_tokens")
+                .map_err(corrupt)?
+                .ok_or_else(|| corrupt("max_tokens is missing".into()))?,
+            temperature: record.number::<f64>("temperature").map_err(corrupt)?,
+            system: record.text("system").map(str::to_owned),
+        },
+        created_at: required_time("created_at")?,
+        updated_at: required_time("updated_at")?,
+        completed_at: time("completed_at")?,
+        expires_at,
+        attempts: record
+            .number::<u32>("attempts")
+            .map_err(corrupt)?
+            .unwrap_or(0),
+        completion,
+        failure,
+        idempotency_key: record
+            .text("idempotency_key")
+            .and_then(|key| IdempotencyKey::parse(key).ok()),
+    })
+}
+
+/// Typed reads of one item's attributes.
+struct Record<'a>(&'a Item);
+
+impl Record<'_> {
+    fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name)?.as_s().ok().map(String::as_str)
+    }
+
+    fn required_text(&self, name: &str) -> Result<&str, String> {
+        self.text(name)
+            .ok_or_else(|| format!("{name} is missing or not a string"))
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_n()
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .map(Some)
+                .ok_or_else(|| format!("{name} is not a number")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn job() -> Job {
+        let request = GenerateRequest {
+            prompt: "hi".into(),
+            model: "m".into(),
+            max_tokens: 64,
+            temperature: Some(0.2),
+            system: Some("be brief".into()),
+        };
+        let key = IdempotencyKey::parse("k-1").ok();
+        let now = parse_timestamp("2026-11-22T10:00:00.123Z").unwrap();
+        Job::queued(Owner::new("alice"), request, key, now, Duration::days(30))
+    }
+
+    #[test]
+    fn a_new_job_round_trips_through_its_item() {
+        let job = job();
+        let item = job_to_item(&job);
+        assert_eq!(item["created_at"], s("2026-11-22T10:00:00.123Z"));
+        assert_eq!(item["temperature"], n("0.2"));
+        assert_eq!(item_to_job(&item).unwrap(), job);
+    }
+
+    #[test]
+    fn optional_request_fields_are_left_out() {
+        let mut job = job();
+        job.request.system = None;
+        job.request.temperature = None;
+        job.idempotency_key = None;
+        let item = job_to_item(&job);
+        for absent in ["system", "temperature", "idempotency_key", "completed_at"] {
+            assert!(!item.contains_key(absent), "{absent}");
+        }
+        assert_eq!(item_to_job(&item).unwrap(), job);
+    }
+
+    #[test]
+    fn a_malformed_record_names_its_attribute() {
+        let mut item = job_to_item(&job());
+        item.insert("max_tokens".into(), s("many"));
+        let error = item_to_job(&item).unwrap_err();
+        assert!(error.detail.contains("max_tokens"), "{error}");
+        item.remove("status");
+        assert!(item_to_job(&item).unwrap_err().detail.contains("status"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Reading function configuration from the environment, with errors that name the variable.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use crate::domain::Limits;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is {value:?}, which is not {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// A snapshot of environment variables; tests build one from a map.
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self::from_map(std::env::vars().collect())
+    }
+
+    pub fn from_map(vars: HashMap<String, String>) -> Self {
+        Self { vars }
+    }
+
+    /// The variable's value; unset and empty are the same.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        self.vars
+            .get(name)
+            .filter(|value| !value.trim().is_empty())
+            .cloned()
+    }
+
+    pub fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing(name))
+    }
+
+    pub fn parsed_or<T: FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+        expected: &'static str,
+    ) -> Result<T, ConfigError> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
+                name,
+                value,
+                expected,
+            }),
+        }
+    }
+
+    /// `ALLOWED_ORIGIN`: the CORS origin, `*` when unset (local runs).
+    pub fn allowed_origin(&self) -> String {
+        self.optional("ALLOWED_ORIGIN")
+            .unwrap_or_else(|| "*".to_owned())
+    }
+
+    /// `MODEL_ID`, `ALLOWED_MODEL_IDS`, `MAX_PROMPT_CHARS`, `MAX_OUTPUT_TOKENS`.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        let default_model = self
+            .optional("MODEL_ID")
+            .unwrap_or_else(|| "amazon.nova-micro-v1:0".to_owned());
+        let allowed_models = match self.optional("ALLOWED_MODEL_IDS") {
+            None => vec![default_model.clone()],
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        if !allowed_models.contains(&default_model) {
+            return Err(ConfigError::Invalid {
+                name: "ALLOWED_MODEL_IDS",
+                value: allowed_models.join(","),
+                expected: "a list that includes MODEL_ID",
+            });
+        }
+        Ok(Limits {
+            max_prompt_chars: self.positive("MAX_PROMPT_CHARS", 20_000)?,
+            max_output_tokens: self.positive("MAX_OUTPUT_TOKENS", 4_096)?,
+            default_model,
+            allowed_models,
+        })
+    }
+
+    pub fn positive<T: FromStr + PartialOrd + Default>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let value = self.parsed_or(name, default, "a positive whole number")?;
+        if value > T::default() {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid {
+                name,
+                value: self.optional(name).unwrap_or_default(),
+                expected: "a positive whole number",
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn limits_have_the_contract_defaults() {
+        let limits = env(&[]).limits().unwrap();
+        assert_eq!(limits.default_model, "amazon.nova-micro-v1:0");
+        assert_eq!(limits.allowed_models, ["amazon.nova-micro-v1:0"]);
+        assert_eq!(limits.max_prompt_chars, 20_000);
+        assert_eq!(limits.max_output_tokens, 4_096);
+    }
+
+    #[test]
+    fn allowed_models_are_a_trimmed_list_that_must_hold_the_default() {
+        let limits = env(&[("MODEL_ID", "b"), ("ALLOWED_MODEL_IDS", " a, b ,")])
+            .limits()
+            .unwrap();
+        assert_eq!(limits.allowed_models, ["a", "b"]);
+        let error = env(&[("MODEL_ID", "c"), ("ALLOWED_MODEL_IDS", "a,b")])
+            .limits()
+            .unwrap_err();
+        assert!(error.to_string().contains("ALLOWED_MODEL_IDS"), "{error}");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        assert_eq!(
+            env(&[("JOBS_TABLE", " ")]).required("JOBS_TABLE"),
+            Err(ConfigError::Missing("JOBS_TABLE"))
+        );
+        for bad in ["lots", "0", "-3"] {
+            let error = env(&[("MAX_PROMPT_CHARS", bad)]).limits().unwrap_err();
+            assert!(
+                error.to_string().contains("MAX_PROMPT_CHARS") && error.to_string().contains(bad),
+                "{error}"
+            );
+        }
+        let error = env(&[("FLAG", "yes")])
+            .parsed_or("FLAG", false, "true or false")
+            .unwrap_err();
+        assert!(error.to_string().contains("true or false"));
+    }
+
+    #[test]
+    fn origin_defaults_to_any_only_when_unset() {
+        assert_eq!(env(&[]).allowed_origin(), "*");
+        let set = env(&[("ALLOWED_ORIGIN", "https://app.example")]);
+        assert_eq!(set.allowed_origin(), "https://app.example");
+    }
+}

@@ -1,0 +1,18 @@
+//! The job domain: no AWS, no HTTP, no clock of its own (callers pass `now`).
+
+mod artifact;
+mod error;
+mod job;
+mod message;
+mod request;
+mod time;
+
+pub use artifact::{Artifact, ArtifactRequest, ArtifactResponse};
+pub use error::{ApiError, ErrorCode};
+pub use job::{
+    Completion, FailureCode, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Owner, Transition,
+    Usage,
+};
+pub use message::{decode_job_message, encode_job_message};
+pub use request::{DEFAULT_MAX_TOKENS, GenerateRequest, Limits};
+pub use time::{format_timestamp, parse_timestamp};

@@ -1,0 +1,126 @@
+//! The ports: what the handlers need from the outside world, as traits.
+//!
+//! Each has one AWS adapter in [`crate::adapters`]; tests may plug in fakes. Methods return
+//! `Send` futures so that handlers stay usable from `lambda_runtime` and from spawned tasks.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Artifact, Job, JobId, Owner, Transition, Usage};
+
+/// A dependency that did not answer as it should. The caller sees `503` (API) or the
+/// message is retried (worker); the detail goes to the log only.
+#[derive(Debug, thiserror::Error)]
+#[error("{dependency} failed: {detail}")]
+pub struct Unavailable {
+    pub dependency: &'static str,
+    pub detail: String,
+}
+
+impl Unavailable {
+    pub fn new(dependency: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            dependency,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    Created,
+    /// A job with this id already exists (an idempotent repeat); nothing was written.
+    AlreadyExists,
+}
+
+/// Where to resume listing an owner's jobs: the last job of the previous page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor {
+    pub job_id: JobId,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    pub jobs: Vec<Job>,
+    pub next: Option<PageCursor>,
+}
+
+pub trait JobStore: Send + Sync {
+    /// Writes a new job, unless a job with its id exists (then nothing is written).
+    fn insert(&self, job: &Job) -> impl Future<Output = Result<Inserted, Unavailable>> + Send;
+
+    fn get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, Unavailable>> + Send;
+
+    /// The owner's jobs, newest first, at most `limit`, after `after`.
+    fn list(
+        &self,
+        owner: &Owner,
+        limit: usize,
+        after: Option<&PageCursor>,
+    ) -> impl Future<Output = Result<Page, Unavailable>> + Send;
+
+    /// Applies `transition` atomically if the job exists and its current status may become the
+    /// transition's target. Returns the job as it is afterwards, or `None` when refused.
+    fn transition(
+        &self,
+        id: JobId,
+        transition: &Transition,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<Job>, Unavailable>> + Send;
+}
+
+pub trait JobQueue: Send + Sync {
+    fn enqueue(&self, id: JobId) -> impl Future<Output = Result<(), Unavailable>> + Send;
+}
+
+pub trait ArtifactStore: Send + Sync {
+    fn put(
+        &self,
+        key: &str,
+        artifact: &Artifact,
+    ) -> impl Future<Output = Result<(), Unavailable>> + Send;
+}
+
+/// A text generation request as the model port sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelRequest {
+    pub model: String,
+    pub prompt: String,
+    pub system: Option<String>,
+    pub max_tokens: u32,
+    pub temperature: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelReply {
+    pub text: String,
+    pub stop_reason: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    /// Throttling, 5xx, timeouts: trying again later may work.
+    #[error("the model is unavailable for now: {0}")]
+    Retryable(String),
+    /// Validation, access denied, unknown model: it will never work.
+    #[error("the model refused the request: {0}")]
+    Permanent(String),
+}
+
+pub trait TextModel: Send + Sync {
+    fn generate(
+        &self,
+        request: &ModelRequest,
+    ) -> impl Future<Output = Result<ModelReply, ModelError>> + Send;
+}
+
+/// Asks the identity provider whether an access token is still valid (not signed out).
+pub trait SessionCheck: Send + Sync {
+    fn is_active(
+        &self,
+        access_token: &str,
+    ) -> impl Future<Output = Result<bool, Unavailable>> + Send;
+}

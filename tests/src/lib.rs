@@ -1,0 +1,399 @@
+//! Test support for the integration tests.
+//!
+//! One `moto_server` per test binary (started on a free 127.0.0.1 port, stopped when the
+//! binary exits), a fresh table, queue and bucket per test so that tests never share state,
+//! the Bedrock-compatible endpoint from `local`, and builders for the events Lambda receives.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use api::GenerateApi;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_lambda_events::apigw::{
+    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription,
+    ApiGatewayV2httpRequest, ApiGatewayV2httpResponse,
+};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::{HeaderValue, Method};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use aws_sdk_dynamodb::config::Credentials;
+use lambda_runtime::{Context, LambdaEvent};
+use local::converse::ConverseServer;
+use local::event_source::{Settled, SqsEventSource};
+use local::provision::{Names, Resources, provision};
+use pipeline::adapters::{
+    BedrockTextModel, CognitoSessionCheck, DynamoJobStore, S3ArtifactStore, SqsJobQueue,
+};
+use pipeline::domain::Limits;
+use pipeline::http::Cors;
+use serde_json::Value;
+use status::StatusApi;
+use worker::Worker;
+
+pub const DEFAULT_MODEL: &str = "amazon.nova-micro-v1:0";
+pub const OTHER_MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+pub const ORIGIN: &str = "https://app.example";
+pub const MAX_PROMPT_CHARS: usize = 1_000;
+pub const MAX_ATTEMPTS: u32 = 3;
+
+pub type Api = GenerateApi<DynamoJobStore, SqsJobQueue, CognitoSessionCheck>;
+pub type Status = StatusApi<DynamoJobStore>;
+pub type JobWorker = Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel>;
+
+/// The moto server of this test binary.
+struct Moto {
+    url: String,
+    /// The wrapper shell waits on this pipe; when the binary exits the pipe closes and the
+    /// wrapper stops moto, so no server outlives the tests.
+    _lifeline: Option<Mutex<Child>>,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+
+/// The emulator's URL: `MOTO_ENDPOINT` if set, else a server of our own.
+pub fn moto_url() -> &'static str {
+    &MOTO.get_or_init(start_moto).url
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn start_moto() -> Moto {
+    if let Ok(url) = std::env::var("MOTO_ENDPOINT") {
+        return Moto {
+            url,
+            _lifeline: None,
+        };
+    }
+    let binary = std::env::var("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let venv = workspace_root().join(".venv/bin/moto_server");
+            if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("moto_server")
+            }
+        });
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let log = std::env::temp_dir().join(format!("moto-{port}.log"));
+    let wrapper = format!(
+        r#""$0" -H 127.0.0.1 -p {port} >"$1" 2>&1 & pid=$!; trap 'kill $pid' EXIT; read -r _"#
+    );
+    let child = Command::new("bash")
+        .args(["-c", &wrapper])
+        .arg(&binary)
+        .arg(&log)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("bash starts");
+    let address: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let mut output = String::new();
+            let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut output));
+            panic!(
+                "moto_server ({}) did not start on port {port} within 60 s. Run the README's test \
+                 command, which installs it into .venv, or set MOTO_SERVER or MOTO_ENDPOINT.\n{output}",
+                binary.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto {
+        url: format!("http://{address}"),
+        _lifeline: Some(Mutex::new(child)),
+    }
+}
+
+/// An SDK configuration aimed at `endpoint`, with fake credentials.
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .load()
+        .await
+}
+
+/// One test's own resources on moto, and the model endpoint.
+pub struct Stack {
+    pub aws: SdkConfig,
+    pub resources: Resources,
+    pub bedrock: ConverseServer,
+    pub events: SqsEventSource,
+}
+
+impl Stack {
+    pub async fn new() -> Self {
+        let aws = sdk_config(moto_url()).await;
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let resources = provision(&aws, &Names::with_prefix(&prefix), 30)
+            .await
+            .expect("resources are created on moto");
+        let bedrock = ConverseServer::start(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("the model endpoint starts");
+        let events = SqsEventSource::new(&aws, &resources.queue_url, &resources.queue_arn);
+        Self {
+            aws,
+            resources,
+            bedrock,
+            events,
+        }
+    }
+
+    pub fn store(&self) -> DynamoJobStore {
+        DynamoJobStore::new(&self.aws, &self.resources.table)
+    }
+
+    pub fn api_settings(&self) -> api::Settings {
+        api::Settings {
+            limits: Limits {
+                max_prompt_chars: MAX_PROMPT_CHARS,
+                max_output_tokens: 4096,
+                default_model: DEFAULT_MODEL.into(),
+                allowed_models: vec![DEFAULT_MODEL.into(), OTHER_MODEL.into()],
+            },
+            job_ttl: chrono::Duration::days(30),
+            cors: Cors::new(ORIGIN),
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        self.api_with_queue(&self.resources.queue_url)
+    }
+
+    pub fn api_with_queue(&self, queue_url: &str) -> Api {
+        GenerateApi::new(
+            self.store(),
+            SqsJobQueue::new(&self.aws, queue_url),
+            None,
+            self.api_settings(),
+        )
+    }
+
+    pub fn status(&self) -> Status {
+        StatusApi::new(self.store(), &self.resources.bucket, Cors::new(ORIGIN))
+    }
+
+    pub fn model(&self) -> BedrockTextModel {
+        let config = self
+            .aws
+            .to_builder()
+            .endpoint_url(self.bedrock.url())
+            .build();
+        BedrockTextModel::new(&config)
+    }
+
+    pub fn worker_settings() -> worker::Settings {
+        worker::Settings {
+            max_attempts: MAX_ATTEMPTS,
+            write_reserve: Duration::from_millis(500),
+        }
+    }
+
+    pub async fn worker(&self) -> JobWorker {
+        self.worker_with_bucket(&self.resources.bucket).await
+    }
+
+    pub async fn worker_with_bucket(&self, bucket: &str) -> JobWorker {
+        Worker::new(
+            self.store(),
+            S3ArtifactStore::new(&self.aws, bucket),
+            self.model(),
+            Self::worker_settings(),
+        )
+    }
+
+    /// Submits a prompt as `user` and returns the new job's id.
+    pub async fn submit(&self, user: &str, prompt: &str) -> String {
+        let body = serde_json::json!({ "prompt": prompt }).to_string();
+        let response = self
+            .api()
+            .handle(request(Method::POST, "/generate", Some(user), Some(&body)))
+            .await;
+        assert_eq!(response.status_code, 202, "{:?}", response.body);
+        json_body(&response)["job_id"].as_str().unwrap().to_owned()
+    }
+
+    /// What the event source mapping does once: receive a batch, invoke the worker with
+    /// `deadline_in` left, delete what it acknowledged, and make its failures visible again
+    /// at once (instead of after the visibility timeout).
+    pub async fn deliver(
+        &self,
+        worker: &JobWorker,
+        deadline_in: Duration,
+    ) -> (SqsEvent, SqsBatchResponse, Settled) {
+        let event = self.events.receive(Duration::from_secs(1)).await.unwrap();
+        let response = worker
+            .handle(lambda_event(event.clone(), deadline_in))
+            .await;
+        let settled = self
+            .events
+            .settle(&event, &response, Some(Duration::ZERO))
+            .await
+            .unwrap();
+        (event, response, settled)
+    }
+
+    /// `deliver` with a generous deadline.
+    pub async fn deliver_once(&self, worker: &JobWorker) -> (SqsEvent, SqsBatchResponse, Settled) {
+        self.deliver(worker, Duration::from_secs(60)).await
+    }
+
+    /// The messages waiting on the queue now (received, then made visible again).
+    pub async fn queued_bodies(&self) -> Vec<String> {
+        let event = self.events.receive(Duration::ZERO).await.unwrap();
+        let none_failed = SqsBatchResponse::default();
+        let mut every_one_failed = none_failed.clone();
+        every_one_failed.batch_item_failures = event
+            .records
+            .iter()
+            .map(|record| {
+                let mut failure = aws_lambda_events::sqs::BatchItemFailure::default();
+                failure.item_identifier = record.message_id.clone().unwrap();
+                failure
+            })
+            .collect();
+        self.events
+            .settle(&event, &every_one_failed, Some(Duration::ZERO))
+            .await
+            .unwrap();
+        event.records.into_iter().filter_map(|r| r.body).collect()
+    }
+
+    /// The raw DynamoDB item of a job.
+    pub async fn item(
+        &self,
+        job_id: &str,
+    ) -> Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        aws_sdk_dynamodb::Client::new(&self.aws)
+            .get_item()
+            .table_name(&self.resources.table)
+            .key(
+                "job_id",
+                aws_sdk_dynamodb::types::AttributeValue::S(job_id.into()),
+            )
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+    }
+
+    /// An S3 object as (content type, JSON), or `None` if there is none.
+    pub async fn artifact(&self, key: &str) -> Option<(String, Value)> {
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.aws)
+                .force_path_style(true)
+                .build(),
+        );
+        let object = client
+            .get_object()
+            .bucket(&self.resources.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        let content_type = object.content_type.clone().unwrap_or_default();
+        let bytes = object.body.collect().await.unwrap().into_bytes();
+        Some((content_type, serde_json::from_slice(&bytes).unwrap()))
+    }
+
+    /// How many artifacts the bucket holds.
+    pub async fn artifact_count(&self) -> usize {
+        let client = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.aws)
+                .force_path_style(true)
+                .build(),
+        );
+        client
+            .list_objects_v2()
+            .bucket(&self.resources.bucket)
+            .send()
+            .await
+            .unwrap()
+            .contents
+            .unwrap_or_default()
+            .len()
+    }
+}
+
+/// A Lambda invocation whose deadline is `deadline_in` from now.
+pub fn lambda_event<T>(payload: T, deadline_in: Duration) -> LambdaEvent<T> {
+    let mut context = Context::default();
+    context.request_id = uuid::Uuid::new_v4().to_string();
+    let deadline = std::time::SystemTime::now() + deadline_in;
+    context.deadline = deadline
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    LambdaEvent::new(payload, context)
+}
+
+/// An HTTP API (payload 2.0) event as API Gateway sends it after its JWT authorizer
+/// accepted a token whose `sub` is `user`; `None` is an event with no identity.
+pub fn request(
+    method: Method,
+    path_and_query: &str,
+    user: Option<&str>,
+    body: Option<&str>,
+) -> ApiGatewayV2httpRequest {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let mut request = ApiGatewayV2httpRequest::default();
+    request.version = Some("2.0".into());
+    request.route_key = Some(format!("{method} {path}"));
+    request.raw_path = Some(path.into());
+    request.raw_query_string = Some(query.into());
+    request.query_string_parameters = query.parse().unwrap();
+    request.body = body.map(str::to_owned);
+    request.request_context.stage = Some("$default".into());
+    request.request_context.http.method = method;
+    request.request_context.http.path = Some(path.into());
+    request
+        .headers
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Some(user) = user {
+        let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
+        jwt.claims.insert("sub".into(), user.into());
+        jwt.claims.insert("token_use".into(), "access".into());
+        let mut authorizer = ApiGatewayRequestAuthorizer::default();
+        authorizer.jwt = Some(jwt);
+        request.request_context.authorizer = Some(authorizer);
+    }
+    request
+}
+
+pub fn json_body(response: &ApiGatewayV2httpResponse) -> Value {
+    match &response.body {
+        Some(Body::Text(text)) => serde_json::from_str(text).unwrap(),
+        other => panic!("expected a JSON text body, got {other:?}"),
+    }
+}
+
+/// Asserts the contract's error shape and returns the message.
+pub fn assert_error(response: &ApiGatewayV2httpResponse, status: i64, code: &str) -> String {
+    let body = json_body(response);
+    assert_eq!(response.status_code, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(response.headers["content-type"], "application/json");
+    assert_eq!(response.headers["access-control-allow-origin"], ORIGIN);
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.len() > 10, "a sentence for a person: {message:?}");
+    message
+}

@@ -1,0 +1,10 @@
+//! The pipeline end to end: the real handlers, through the real AWS SDK clients, against
+//! moto and the Bedrock-compatible endpoint. One binary, so that one moto serves every test.
+
+mod binaries;
+mod generate;
+mod round_trip;
+mod sample_events;
+mod sessions;
+mod status;
+mod worker;

@@ -1,0 +1,140 @@
+//! Every file in `events/` is a valid input of its function and gets the answer it is for.
+
+use std::path::PathBuf;
+
+use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use aws_lambda_events::sqs::SqsEvent;
+use chrono::Utc;
+use integration_tests::*;
+use pipeline::domain::{GenerateRequest, Job, JobId, Owner};
+use pipeline::ports::JobStore;
+use serde::de::DeserializeOwned;
+
+const SAMPLE_OWNER: &str = "7d1f3c2a-5b6e-4f80-9a1b-2c3d4e5f6a7b";
+
+fn sample<T: DeserializeOwned>(name: &str) -> T {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{name}: {error}"))
+}
+
+/// Puts a queued job with this id in the table, as the api would have.
+async fn seed(stack: &Stack, id: &str) {
+    let request = GenerateRequest {
+        prompt: "Write a haiku about queues.".into(),
+        model: DEFAULT_MODEL.into(),
+        max_tokens: 256,
+        temperature: None,
+        system: None,
+    };
+    let mut job = Job::queued(
+        Owner::new(SAMPLE_OWNER),
+        request,
+        None,
+        Utc::now(),
+        chrono::Duration::days(1),
+    );
+    job.id = JobId::parse(id).unwrap();
+    stack.store().insert(&job).await.unwrap();
+}
+
+#[test]
+fn there_is_a_sample_for_each_input() {
+    let mut names: Vec<String> =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "generate-invalid.json",
+            "generate.json",
+            "job-status.json",
+            "jobs-list.json",
+            "worker-batch.json"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn generate_json_is_accepted() {
+    let stack = Stack::new().await;
+    let event: ApiGatewayV2httpRequest = sample("generate.json");
+    let response = stack.api().handle(event.clone()).await;
+    assert_eq!(response.status_code, 202, "{:?}", response.body);
+    let item = stack
+        .item(json_body(&response)["job_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(item["owner"].as_s().unwrap(), SAMPLE_OWNER);
+    assert_eq!(item["idempotency_key"].as_s().unwrap(), "haiku-2026-11-22");
+    // The sample carries an Idempotency-Key: sending it again is the same job.
+    assert_eq!(stack.api().handle(event).await.status_code, 200);
+}
+
+#[tokio::test]
+async fn generate_invalid_json_is_refused_with_the_field_named() {
+    let stack = Stack::new().await;
+    let response = stack.api().handle(sample("generate-invalid.json")).await;
+    let message = assert_error(&response, 400, "invalid_request");
+    assert!(message.contains("`stream`"), "{message}");
+}
+
+#[tokio::test]
+async fn job_status_and_jobs_list_show_the_owners_job() {
+    let stack = Stack::new().await;
+    let status_event: ApiGatewayV2httpRequest = sample("job-status.json");
+    let id = status_event.path_parameters["id"].clone();
+    assert_eq!(
+        stack
+            .status()
+            .handle(status_event.clone())
+            .await
+            .status_code,
+        404
+    );
+
+    seed(&stack, &id).await;
+    let response = stack.status().handle(status_event).await;
+    assert_eq!(response.status_code, 200);
+    assert_eq!(json_body(&response)["job_id"], id);
+
+    let response = stack.status().handle(sample("jobs-list.json")).await;
+    assert_eq!(response.status_code, 200);
+    assert_eq!(json_body(&response)["jobs"][0]["job_id"], id);
+}
+
+#[tokio::test]
+async fn worker_batch_json_runs_both_jobs() {
+    let stack = Stack::new().await;
+    let event: SqsEvent = sample("worker-batch.json");
+    assert_eq!(event.records.len(), 2);
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .map(|record| {
+            let body: serde_json::Value =
+                serde_json::from_str(record.body.as_deref().unwrap()).unwrap();
+            body["job_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for id in &ids {
+        seed(&stack, id).await;
+    }
+    let worker = stack.worker().await;
+    let response = worker
+        .handle(lambda_event(event, std::time::Duration::from_secs(60)))
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    for id in &ids {
+        assert_eq!(
+            stack.item(id).await.unwrap()["status"].as_s().unwrap(),
+            "succeeded"
+        );
+    }
+    assert_eq!(stack.bedrock.calls().len(), 2);
+}

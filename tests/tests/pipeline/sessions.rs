@@ -1,0 +1,127 @@
+//! `COGNITO_REVOCATION_CHECK`: a token that Cognito no longer honours is refused with `401`,
+//! even though it is still correctly signed and unexpired.
+
+use aws_lambda_events::http::{HeaderValue, Method};
+use aws_sdk_cognitoidentityprovider::Client as Cognito;
+use aws_sdk_cognitoidentityprovider::types::{AuthFlowType, ExplicitAuthFlowsType};
+use base64::Engine;
+use integration_tests::*;
+use pipeline::adapters::{CognitoSessionCheck, DynamoJobStore, SqsJobQueue};
+
+/// Signs a user in on moto's Cognito and returns the (real, RS256-signed) access token.
+async fn sign_in(stack: &Stack, email: &str) -> String {
+    let cognito = Cognito::new(&stack.aws);
+    let pool = cognito
+        .create_user_pool()
+        .pool_name(format!("pool-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap()
+        .user_pool
+        .unwrap()
+        .id
+        .unwrap();
+    let client = cognito
+        .create_user_pool_client()
+        .user_pool_id(&pool)
+        .client_name("web")
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowUserPasswordAuth)
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowRefreshTokenAuth)
+        .send()
+        .await
+        .unwrap()
+        .user_pool_client
+        .unwrap()
+        .client_id
+        .unwrap();
+    cognito
+        .admin_create_user()
+        .user_pool_id(&pool)
+        .username(email)
+        .send()
+        .await
+        .unwrap();
+    cognito
+        .admin_set_user_password()
+        .user_pool_id(&pool)
+        .username(email)
+        .password("Correct-Horse-9")
+        .permanent(true)
+        .send()
+        .await
+        .unwrap();
+    cognito
+        .initiate_auth()
+        .client_id(client)
+        .auth_flow(AuthFlowType::UserPasswordAuth)
+        .auth_parameters("USERNAME", email)
+        .auth_parameters("PASSWORD", "Correct-Horse-9")
+        .send()
+        .await
+        .unwrap()
+        .authentication_result
+        .unwrap()
+        .access_token
+        .unwrap()
+}
+
+fn claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_out_token_is_refused_when_the_check_is_on() {
+    let stack = Stack::new().await;
+    let token = sign_in(&stack, "ada@example.com").await;
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "RS256", "a real signed JWT");
+    let claims = claims(&token);
+    assert_eq!(claims["token_use"], "access");
+    let sub = claims["sub"].as_str().unwrap();
+
+    let api = api::GenerateApi::new(
+        DynamoJobStore::new(&stack.aws, &stack.resources.table),
+        SqsJobQueue::new(&stack.aws, &stack.resources.queue_url),
+        Some(CognitoSessionCheck::new(&stack.aws)),
+        stack.api_settings(),
+    );
+    let event = |bearer: &str| {
+        let mut event = request(
+            Method::POST,
+            "/generate",
+            Some(sub),
+            Some(r#"{"prompt": "hi"}"#),
+        );
+        event.headers.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {bearer}")).unwrap(),
+        );
+        event
+    };
+
+    let response = api.handle(event(&token)).await;
+    assert_eq!(response.status_code, 202, "{:?}", response.body);
+
+    Cognito::new(&stack.aws)
+        .global_sign_out()
+        .access_token(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(&api.handle(event(&token)).await, 401, "unauthorized");
+    assert_error(&api.handle(event("not-a-token")).await, 401, "unauthorized");
+    assert_eq!(
+        stack.queued_bodies().await.len(),
+        1,
+        "only the first request made a job"
+    );
+}
