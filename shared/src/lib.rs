@@ -14,3 +14,16 @@ pub mod domain;
 pub mod http;
 pub mod ports;
 pub mod telemetry;
+
+/// The start of every function's `main`: JSON logs, the configuration read from the
+/// environment (a bad one is logged, naming the variable, and stops the function), and the
+/// AWS SDK configuration that all of the function's clients share.
+pub async fn init<C>(
+    read: impl FnOnce(&config::Env) -> Result<C, config::ConfigError>,
+) -> Result<(C, aws_config::SdkConfig), config::ConfigError> {
+    telemetry::init();
+    let config = read(&config::Env::from_process()).inspect_err(|error| {
+        tracing::error!(%error, "configuration error; the function cannot start");
+    })?;
+    Ok((config, aws::load_sdk_config().await))
+}

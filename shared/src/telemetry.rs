@@ -19,8 +19,3 @@ pub fn init() {
         )
         .try_init();
 }
-
-/// Logs why the function cannot start (for example, which variable is missing).
-pub fn init_failed(error: &impl std::fmt::Display) {
-    tracing::error!(%error, "configuration error; the function cannot start");
-}

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use api::GenerateApi;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_lambda_events::apigw::{
-    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription,
-    ApiGatewayV2httpRequest, ApiGatewayV2httpResponse,
+    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerIamDescription,
+    ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest, ApiGatewayV2httpResponse,
 };
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderValue, Method};
@@ -205,11 +205,11 @@ impl Stack {
         }
     }
 
-    pub async fn worker(&self) -> JobWorker {
-        self.worker_with_bucket(&self.resources.bucket).await
+    pub fn worker(&self) -> JobWorker {
+        self.worker_with_bucket(&self.resources.bucket)
     }
 
-    pub async fn worker_with_bucket(&self, bucket: &str) -> JobWorker {
+    pub fn worker_with_bucket(&self, bucket: &str) -> JobWorker {
         Worker::new(
             self.store(),
             S3ArtifactStore::new(&self.aws, bucket),
@@ -376,6 +376,25 @@ pub fn request(
         authorizer.jwt = Some(jwt);
         request.request_context.authorizer = Some(authorizer);
     }
+    request
+}
+
+/// The same event as it arrives through the HTTP API's IAM authorizer (`ApiAuth=iam`): the
+/// caller is a SigV4-signed IAM principal, and no JWT is involved.
+pub fn iam_request(
+    method: Method,
+    path_and_query: &str,
+    principal_arn: &str,
+    body: Option<&str>,
+) -> ApiGatewayV2httpRequest {
+    let mut request = request(method, path_and_query, None, body);
+    let mut iam = ApiGatewayRequestAuthorizerIamDescription::default();
+    iam.account_id = principal_arn.split(':').nth(4).map(str::to_owned);
+    iam.user_arn = Some(principal_arn.to_owned());
+    iam.user_id = Some("AIDAEXAMPLEUSERID".into());
+    let mut authorizer = ApiGatewayRequestAuthorizer::default();
+    authorizer.iam = Some(iam);
+    request.request_context.authorizer = Some(authorizer);
     request
 }
 

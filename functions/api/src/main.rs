@@ -4,14 +4,10 @@ use api::{Config, GenerateApi};
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use pipeline::adapters::{CognitoSessionCheck, DynamoJobStore, SqsJobQueue};
-use pipeline::config::Env;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    pipeline::telemetry::init();
-    let config =
-        Config::from_env(&Env::from_process()).inspect_err(pipeline::telemetry::init_failed)?;
-    let aws = pipeline::aws::load_sdk_config().await;
+    let (config, aws) = pipeline::init(Config::from_env).await?;
     let api = GenerateApi::new(
         DynamoJobStore::new(&aws, config.table),
         SqsJobQueue::new(&aws, config.queue_url),

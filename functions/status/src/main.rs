@@ -3,15 +3,11 @@
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use pipeline::adapters::DynamoJobStore;
-use pipeline::config::Env;
 use status::{Config, StatusApi};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    pipeline::telemetry::init();
-    let config =
-        Config::from_env(&Env::from_process()).inspect_err(pipeline::telemetry::init_failed)?;
-    let aws = pipeline::aws::load_sdk_config().await;
+    let (config, aws) = pipeline::init(Config::from_env).await?;
     let status = StatusApi::new(
         DynamoJobStore::new(&aws, config.table),
         config.artifacts_bucket,

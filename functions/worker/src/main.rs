@@ -3,15 +3,11 @@
 use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use pipeline::adapters::{BedrockTextModel, DynamoJobStore, S3ArtifactStore};
-use pipeline::config::Env;
 use worker::{Config, Worker};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    pipeline::telemetry::init();
-    let config =
-        Config::from_env(&Env::from_process()).inspect_err(pipeline::telemetry::init_failed)?;
-    let aws = pipeline::aws::load_sdk_config().await;
+    let (config, aws) = pipeline::init(Config::from_env).await?;
     let worker = Worker::new(
         DynamoJobStore::new(&aws, config.table),
         S3ArtifactStore::new(&aws, config.artifacts_bucket),

@@ -231,6 +231,7 @@ mod tests {
     #[test]
     fn every_bad_input_gets_its_code_and_names_its_field() {
         use ErrorCode::*;
+        #[rustfmt::skip]
         let cases: &[(&str, ErrorCode, &str)] = &[
             ("", InvalidJson, "not valid JSON"),
             ("{\"prompt\": ", InvalidJson, "not valid JSON"),
@@ -238,121 +239,29 @@ mod tests {
             ("\"hello\"", InvalidJson, "JSON object"),
             ("null", InvalidJson, "JSON object"),
             ("{}", InvalidRequest, "`prompt` is required"),
-            (
-                r#"{"prompt": null}"#,
-                InvalidRequest,
-                "`prompt` is required",
-            ),
-            (
-                r#"{"prompt": ""}"#,
-                InvalidRequest,
-                "`prompt` must not be empty",
-            ),
-            (
-                r#"{"prompt": " \n\t "}"#,
-                InvalidRequest,
-                "`prompt` must not be empty",
-            ),
-            (
-                r#"{"prompt": 42}"#,
-                InvalidRequest,
-                "`prompt` must be a string",
-            ),
-            (
-                r#"{"prompt": ["hi"]}"#,
-                InvalidRequest,
-                "`prompt` must be a string",
-            ),
-            (
-                r#"{"prompt": "01234567890"}"#,
-                PromptTooLong,
-                "`prompt` has 11",
-            ),
-            (
-                r#"{"prompt": "hi", "system": "01234567890"}"#,
-                PromptTooLong,
-                "`system` has 11",
-            ),
-            (
-                r#"{"prompt": "hi", "system": 1}"#,
-                InvalidRequest,
-                "`system` must be a string",
-            ),
-            (
-                r#"{"prompt": "hi", "model": "model-z"}"#,
-                UnsupportedModel,
-                "model-a, model-b",
-            ),
-            (
-                r#"{"prompt": "hi", "model": ""}"#,
-                UnsupportedModel,
-                "model-a, model-b",
-            ),
-            (
-                r#"{"prompt": "hi", "model": 7}"#,
-                InvalidRequest,
-                "`model` must be a string",
-            ),
-            (
-                r#"{"prompt": "hi", "max_tokens": 0}"#,
-                InvalidRequest,
-                "`max_tokens` must be between 1 and 1000",
-            ),
-            (
-                r#"{"prompt": "hi", "max_tokens": 1001}"#,
-                InvalidRequest,
-                "`max_tokens` must be between",
-            ),
-            (
-                r#"{"prompt": "hi", "max_tokens": -5}"#,
-                InvalidRequest,
-                "`max_tokens` must be between",
-            ),
-            (
-                r#"{"prompt": "hi", "max_tokens": 99999999999}"#,
-                InvalidRequest,
-                "`max_tokens` must be between",
-            ),
-            (
-                r#"{"prompt": "hi", "max_tokens": 12.5}"#,
-                InvalidRequest,
-                "`max_tokens` must be a whole number",
-            ),
-            (
-                r#"{"prompt": "hi", "max_tokens": "12"}"#,
-                InvalidRequest,
-                "`max_tokens` must be a whole number",
-            ),
-            (
-                r#"{"prompt": "hi", "temperature": 1.01}"#,
-                InvalidRequest,
-                "`temperature` must be between",
-            ),
-            (
-                r#"{"prompt": "hi", "temperature": -0.1}"#,
-                InvalidRequest,
-                "`temperature` must be between",
-            ),
-            (
-                r#"{"prompt": "hi", "temperature": "hot"}"#,
-                InvalidRequest,
-                "`temperature` must be a number",
-            ),
-            (
-                r#"{"prompt": "hi", "temperature": true}"#,
-                InvalidRequest,
-                "`temperature` must be a number",
-            ),
-            (
-                r#"{"prompt": "hi", "stream": true}"#,
-                InvalidRequest,
-                "Unknown field `stream`",
-            ),
-            (
-                r#"{"prompt": "hi", "Prompt": "x"}"#,
-                InvalidRequest,
-                "Unknown field `Prompt`",
-            ),
+            (r#"{"prompt": null}"#, InvalidRequest, "`prompt` is required"),
+            (r#"{"prompt": ""}"#, InvalidRequest, "`prompt` must not be empty"),
+            (r#"{"prompt": " \n\t "}"#, InvalidRequest, "`prompt` must not be empty"),
+            (r#"{"prompt": 42}"#, InvalidRequest, "`prompt` must be a string"),
+            (r#"{"prompt": ["hi"]}"#, InvalidRequest, "`prompt` must be a string"),
+            (r#"{"prompt": "01234567890"}"#, PromptTooLong, "`prompt` has 11"),
+            (r#"{"prompt": "hi", "system": "01234567890"}"#, PromptTooLong, "`system` has 11"),
+            (r#"{"prompt": "hi", "system": 1}"#, InvalidRequest, "`system` must be a string"),
+            (r#"{"prompt": "hi", "model": "model-z"}"#, UnsupportedModel, "model-a, model-b"),
+            (r#"{"prompt": "hi", "model": ""}"#, UnsupportedModel, "model-a, model-b"),
+            (r#"{"prompt": "hi", "model": 7}"#, InvalidRequest, "`model` must be a string"),
+            (r#"{"prompt": "hi", "max_tokens": 0}"#, InvalidRequest, "`max_tokens` must be between 1 and 1000"),
+            (r#"{"prompt": "hi", "max_tokens": 1001}"#, InvalidRequest, "`max_tokens` must be between"),
+            (r#"{"prompt": "hi", "max_tokens": -5}"#, InvalidRequest, "`max_tokens` must be between"),
+            (r#"{"prompt": "hi", "max_tokens": 99999999999}"#, InvalidRequest, "`max_tokens` must be between"),
+            (r#"{"prompt": "hi", "max_tokens": 12.5}"#, InvalidRequest, "`max_tokens` must be a whole number"),
+            (r#"{"prompt": "hi", "max_tokens": "12"}"#, InvalidRequest, "`max_tokens` must be a whole number"),
+            (r#"{"prompt": "hi", "temperature": 1.01}"#, InvalidRequest, "`temperature` must be between"),
+            (r#"{"prompt": "hi", "temperature": -0.1}"#, InvalidRequest, "`temperature` must be between"),
+            (r#"{"prompt": "hi", "temperature": "hot"}"#, InvalidRequest, "`temperature` must be a number"),
+            (r#"{"prompt": "hi", "temperature": true}"#, InvalidRequest, "`temperature` must be a number"),
+            (r#"{"prompt": "hi", "stream": true}"#, InvalidRequest, "Unknown field `stream`"),
+            (r#"{"prompt": "hi", "Prompt": "x"}"#, InvalidRequest, "Unknown field `Prompt`"),
         ];
         for (body, code, fragment) in cases {
             let error = GenerateRequest::from_json(body, &limits()).unwrap_err();

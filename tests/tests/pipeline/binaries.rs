@@ -3,15 +3,21 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// The freshly built binary `name` of this workspace.
+/// The freshly built binary `name` of this workspace. The whole workspace is built, as
+/// `cargo test --workspace` builds it: a single package alone would resolve other features
+/// and rebuild the AWS SDK crates.
 fn binary(name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", name, "--bin", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build --bin {name}");
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--workspace", "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build --workspace --bins");
+    });
     // Test binaries live in <target>/<profile>/deps; the functions' binaries one level up.
     let profile_dir = std::env::current_exe()
         .unwrap()

@@ -3,6 +3,7 @@
 
 mod binaries;
 mod generate;
+mod iam_callers;
 mod round_trip;
 mod sample_events;
 mod sessions;

@@ -68,7 +68,7 @@ async fn a_prompt_goes_all_the_way_to_an_artifact_and_back() {
     );
 
     // The worker runs it.
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let (event, response, settled) = stack.deliver_once(&worker).await;
     assert_eq!(event.records.len(), 1);
     assert!(response.batch_item_failures.is_empty());

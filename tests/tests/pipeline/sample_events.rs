@@ -125,7 +125,7 @@ async fn worker_batch_json_runs_both_jobs() {
     for id in &ids {
         seed(&stack, id).await;
     }
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let response = worker
         .handle(lambda_event(event, std::time::Duration::from_secs(60)))
         .await;

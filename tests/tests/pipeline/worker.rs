@@ -31,7 +31,7 @@ async fn the_same_message_twice_in_one_batch_costs_one_model_call() {
     let job_id = stack.submit("user-a", "duplicate me").await;
     send_raw(&stack, &format!(r#"{{"job_id":"{job_id}"}}"#)).await;
 
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let (event, response, settled) = stack.deliver_once(&worker).await;
     assert_eq!(event.records.len(), 2, "both copies came in one batch");
     assert!(response.batch_item_failures.is_empty());
@@ -49,7 +49,7 @@ async fn the_same_message_twice_in_one_batch_costs_one_model_call() {
 async fn a_redelivery_after_success_is_acknowledged_without_a_model_call() {
     let stack = Stack::new().await;
     let job_id = stack.submit("user-a", "only once").await;
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     stack.deliver_once(&worker).await;
     let first = stack.item(&job_id).await.unwrap();
 
@@ -72,7 +72,7 @@ async fn throttling_once_is_retried_and_then_succeeds() {
     let stack = Stack::new().await;
     let job_id = stack.submit("user-a", "try again").await;
     stack.bedrock.fail_next(Fault::Throttle);
-    let worker = stack.worker().await;
+    let worker = stack.worker();
 
     let (event, response, settled) = stack.deliver_once(&worker).await;
     assert_eq!(response.batch_item_failures.len(), 1);
@@ -105,7 +105,7 @@ async fn throttling_past_max_attempts_fails_the_job_as_model_unavailable() {
     for _ in 0..MAX_ATTEMPTS {
         stack.bedrock.fail_next(Fault::Throttle);
     }
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     for delivery in 1..MAX_ATTEMPTS {
         let (_, response, _) = stack.deliver_once(&worker).await;
         assert_eq!(
@@ -152,7 +152,7 @@ async fn a_server_error_is_retryable_too() {
     let stack = Stack::new().await;
     let job_id = stack.submit("user-a", "flaky").await;
     stack.bedrock.fail_next(Fault::ServerError);
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let (_, response, _) = stack.deliver_once(&worker).await;
     assert_eq!(response.batch_item_failures.len(), 1);
     stack.deliver_once(&worker).await;
@@ -166,7 +166,7 @@ async fn a_validation_error_fails_the_job_at_once_as_model_error() {
     stack.bedrock.fail_next(Fault::Reject(
         "The provided model identifier is invalid.".into(),
     ));
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let (_, response, settled) = stack.deliver_once(&worker).await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(settled.acknowledged, 1);
@@ -194,7 +194,7 @@ async fn malformed_messages_are_acknowledged_without_a_model_call() {
     ] {
         send_raw(&stack, body).await;
     }
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let (event, response, settled) = stack.deliver_once(&worker).await;
     assert_eq!(event.records.len(), 4);
     assert!(response.batch_item_failures.is_empty());
@@ -208,7 +208,7 @@ async fn a_message_for_a_missing_job_is_acknowledged() {
     let stack = Stack::new().await;
     let ghost = JobId::random();
     send_raw(&stack, &format!(r#"{{"job_id":"{ghost}"}}"#)).await;
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let (_, response, settled) = stack.deliver_once(&worker).await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(settled.acknowledged, 1);
@@ -226,7 +226,7 @@ async fn a_model_slower_than_the_invocation_allows_is_retried() {
     stack
         .bedrock
         .fail_next(Fault::Delay(Duration::from_secs(5)));
-    let worker = stack.worker().await;
+    let worker = stack.worker();
 
     // 2 s left, 0.5 s of which are kept for writing: the call is abandoned after 1.5 s,
     // long before the model's answer at 5 s would have made the job succeed.
@@ -250,7 +250,7 @@ async fn a_batch_runs_its_jobs_concurrently() {
         // Each call answers only when all four are in flight: one at a time would fail.
         stack.bedrock.fail_next(Fault::Rendezvous(4));
     }
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     let (event, response, _) = stack.deliver_once(&worker).await;
     assert_eq!(event.records.len(), 4);
     assert!(response.batch_item_failures.is_empty());
@@ -263,12 +263,12 @@ async fn a_batch_runs_its_jobs_concurrently() {
 async fn no_job_succeeds_without_its_artifact() {
     let stack = Stack::new().await;
     let job_id = stack.submit("user-a", "keep a record").await;
-    let broken = stack.worker_with_bucket("no-such-bucket").await;
+    let broken = stack.worker_with_bucket("no-such-bucket");
     let (_, response, _) = stack.deliver_once(&broken).await;
     assert_eq!(response.batch_item_failures.len(), 1, "retried, not lost");
     assert_eq!(status_of(&stack, &job_id).await.0, "running");
 
-    let worker = stack.worker().await;
+    let worker = stack.worker();
     stack.deliver_once(&worker).await;
     assert_eq!(status_of(&stack, &job_id).await.0, "succeeded");
     let key = format!("artifacts/user-a/{job_id}.json");
