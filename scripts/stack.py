@@ -32,6 +32,9 @@ def web_config(out, region):
         "cognitoEndpoint": f"https://cognito-idp.{region}.amazonaws.com/",
         "userPoolId": out["UserPoolId"],
         "userPoolClientId": out["UserPoolClientId"],
+        "models": out["AllowedModelIds"].split(","),
+        "defaultModel": out["ModelId"],
+        "maxOutputTokens": int(out["MaxOutputTokens"]),
     }
 
 

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test"; CI runs exactly this).
-# On a fresh machine it installs what the tests need, then checks formatting and lints, runs
-# every Rust test (unit tests, and integration tests against moto, an AWS emulator) and
-# checks the SAM template (cfn-lint, sam validate --lint, property tests).
+# On a fresh machine it installs what the tests need (Python tools, Chromium, playwright-core),
+# then checks formatting and lints, runs every Rust test (unit tests, and integration tests
+# against moto, an AWS emulator), checks the SAM template (cfn-lint, sam validate --lint,
+# property tests) and runs the browser tests of the web UI against the local stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+source scripts/common.sh
 started=$SECONDS
-
-# venv DIR REQUIREMENTS: a Python venv with exactly these pinned tools.
-venv() {
-  [ -x "$1/bin/python" ] || python3 -m venv "$1"
-  "$1/bin/pip" install --quiet --disable-pip-version-check -r "$2"
-}
 
 step "Python tools: moto and cfn-lint into .venv, the SAM CLI into .venv-sam"
 venv .venv requirements.txt
 venv .venv-sam requirements-sam.txt
+
+step "Chromium (Debian) and playwright-core (npm) for the browser tests"
+if ! command -v chromium >/dev/null; then
+  sudo_if_needed=""
+  [ "$(id -u)" = 0 ] || sudo_if_needed="sudo"
+  $sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq chromium >/dev/null
+fi
+chromium --version
+npm ci --prefix tests/e2e --no-audit --no-fund --loglevel=error
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -32,5 +36,9 @@ step "template.yaml: cfn-lint, sam validate --lint, property tests"
 .venv/bin/cfn-lint template.yaml
 SAM_CLI_TELEMETRY=0 .venv-sam/bin/sam validate --lint --template template.yaml --region us-east-1
 .venv-sam/bin/python -m pytest -q -p no:cacheprovider tests/template
+
+step "web UI in headless Chromium, against the local stack"
+cargo build --locked --workspace --bins
+LOCAL_STACK_BIN="${CARGO_TARGET_DIR:-target}/debug/local-stack" node --test tests/e2e/
 
 step "all checks passed in $((SECONDS - started)) s"

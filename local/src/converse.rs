@@ -1,11 +1,13 @@
 //! A Bedrock-compatible Converse endpoint: `POST /model/{modelId}/converse`, in the real wire
 //! shape, so that the worker's unchanged `aws-sdk-bedrockruntime` client can talk to it.
 //!
-//! It answers with the offline model: instant, deterministic text that says plainly where it
-//! comes from and echoes what it was asked, with token counts of that text. Tests can make the
-//! next calls fail ([`Fault`]) and read back every request it received.
+//! Behind it, a [`Backend`]: the offline model (instant, deterministic text that says plainly
+//! where it comes from and echoes what it was asked, with token counts of that text), or any
+//! OpenAI-compatible `/chat/completions` server (Ollama, llama.cpp, vLLM) for real generations.
+//! [`Knobs`] add latency, throttling and errors at random rates; tests can also script the
+//! next calls' faults ([`Fault`]) and read back every request received.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,8 +45,42 @@ pub struct ConverseCall {
     pub body: Value,
 }
 
+/// Who writes the answers.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    #[default]
+    Offline,
+    OpenAi(OpenAiBackend),
+}
+
+/// An OpenAI-compatible chat completions server.
+#[derive(Clone, Debug)]
+pub struct OpenAiBackend {
+    /// Up to and including the version, e.g. `http://127.0.0.1:11434/v1` for Ollama.
+    pub base_url: String,
+    /// The model to use for a Bedrock model id not in `model_map`.
+    pub default_model: String,
+    /// Bedrock model id → the server's model name.
+    pub model_map: HashMap<String, String>,
+    pub api_key: Option<String>,
+}
+
+/// Faults at random, for trying out retries and failures by hand and for benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Knobs {
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Share of calls (0 to 1) answered with `429 ThrottlingException`.
+    pub throttle_rate: f64,
+    /// Share of calls (0 to 1) answered with `400 ValidationException`.
+    pub error_rate: f64,
+}
+
 #[derive(Default)]
 struct Shared {
+    backend: Backend,
+    knobs: Knobs,
+    http: reqwest::Client,
     faults: Mutex<VecDeque<Fault>>,
     calls: Mutex<Vec<ConverseCall>>,
     rendezvous: Mutex<Option<Arc<tokio::sync::Barrier>>>,
@@ -58,11 +94,23 @@ pub struct ConverseServer {
 }
 
 impl ConverseServer {
-    /// Serves on `address` (port 0 picks a free one).
+    /// The offline model on `address` (port 0 picks a free one), with no knobs.
     pub async fn start(address: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(address, Backend::Offline, Knobs::default()).await
+    }
+
+    pub async fn start_with(
+        address: SocketAddr,
+        backend: Backend,
+        knobs: Knobs,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            backend,
+            knobs,
+            ..Shared::default()
+        });
         let app = Router::new()
             .route("/model/{model_id}/converse", post(converse))
             .with_state(shared.clone());
@@ -148,9 +196,117 @@ async fn converse(
         }
         None => {}
     }
-    let reply = offline_reply(&model, &body);
+    let knobs = shared.knobs;
+    tokio::time::sleep(knobs.latency).await;
+    if fastrand::f64() < knobs.throttle_rate {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ThrottlingException",
+            "Too many requests (throttling injected by --throttle-rate).",
+        );
+    }
+    if fastrand::f64() < knobs.error_rate {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "The request was refused (an error injected by --error-rate).",
+        );
+    }
+    let reply = match &shared.backend {
+        Backend::Offline => offline_reply(&model, &body),
+        Backend::OpenAi(backend) => {
+            match openai_reply(&shared.http, backend, &model, &body).await {
+                Ok(reply) => reply,
+                Err(response) => return response,
+            }
+        }
+    };
     let latency_ms = started.elapsed().as_millis() as u64;
     Json(reply.to_converse_output(latency_ms)).into_response()
+}
+
+/// Forwards the request to an OpenAI-compatible server and translates its answer (and its
+/// errors) into Converse terms.
+async fn openai_reply(
+    http: &reqwest::Client,
+    backend: &OpenAiBackend,
+    model: &str,
+    body: &Value,
+) -> Result<Reply, Response> {
+    let (prompt, system) = request_texts(body);
+    let mut messages = Vec::new();
+    if !system.is_empty() {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": prompt}));
+    let name = backend
+        .model_map
+        .get(model)
+        .unwrap_or(&backend.default_model);
+    let mut request = json!({"model": name, "messages": messages, "stream": false});
+    if let Some(max_tokens) = body.pointer("/inferenceConfig/maxTokens") {
+        request["max_tokens"] = max_tokens.clone();
+    }
+    if let Some(temperature) = body.pointer("/inferenceConfig/temperature") {
+        request["temperature"] = temperature.clone();
+    }
+    let url = format!(
+        "{}/chat/completions",
+        backend.base_url.trim_end_matches('/')
+    );
+    let mut call = http.post(&url).json(&request);
+    if let Some(key) = &backend.api_key {
+        call = call.bearer_auth(key);
+    }
+    let unavailable = |detail: String| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            &format!("The OpenAI-compatible server at {url} did not answer: {detail}"),
+        )
+    };
+    let answer = call.send().await.map_err(|e| unavailable(e.to_string()))?;
+    let status = answer.status().as_u16();
+    let text = answer
+        .text()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    if status == 429 {
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ThrottlingException",
+            &text,
+        ));
+    }
+    if status >= 500 {
+        return Err(unavailable(format!("HTTP {status}: {text}")));
+    }
+    if status >= 400 {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            &format!("The model server refused the request (HTTP {status}): {text}"),
+        ));
+    }
+    let completion: Value =
+        serde_json::from_str(&text).map_err(|e| unavailable(format!("unreadable answer ({e})")))?;
+    let choice = &completion["choices"][0];
+    let stop_reason = match choice["finish_reason"].as_str() {
+        Some("length") => "max_tokens",
+        Some("content_filter") => "content_filtered",
+        _ => "end_turn",
+    };
+    Ok(Reply {
+        text: choice["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        stop_reason: stop_reason.to_owned(),
+        input_tokens: completion["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+        output_tokens: completion["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap_or(0) as usize,
+    })
 }
 
 /// An AWS JSON error as Bedrock sends it: the type in `x-amzn-ErrorType`, the text in `message`.
@@ -167,7 +323,7 @@ fn error(status: StatusCode, kind: &'static str, message: &str) -> Response {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub text: String,
-    pub stop_reason: &'static str,
+    pub stop_reason: String,
     pub input_tokens: usize,
     pub output_tokens: usize,
 }
@@ -228,9 +384,9 @@ pub fn offline_reply(model: &str, body: &Value) -> Reply {
     );
     let words: Vec<&str> = full.split_whitespace().collect();
     let (text, stop_reason) = if words.len() > max_tokens {
-        (words[..max_tokens].join(" "), "max_tokens")
+        (words[..max_tokens].join(" "), "max_tokens".to_owned())
     } else {
-        (full.clone(), "end_turn")
+        (full.clone(), "end_turn".to_owned())
     };
     Reply {
         output_tokens: text.split_whitespace().count(),

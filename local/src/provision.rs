@@ -212,3 +212,106 @@ async fn create_bucket(config: &SdkConfig, bucket: &str) -> Result<(), Provision
         .map_err(|e| failed(format!("bucket {bucket}"))(chain(&e)))?;
     Ok(())
 }
+
+/// A Cognito user pool and its web app client.
+#[derive(Clone, Debug)]
+pub struct UserPool {
+    pub pool_id: String,
+    pub client_id: String,
+}
+
+/// A user pool configured like the template's (e-mail as user name, e-mail verification, the
+/// same password policy) and an app client without secret for the web UI.
+pub async fn create_user_pool(config: &SdkConfig, name: &str) -> Result<UserPool, ProvisionError> {
+    use aws_sdk_cognitoidentityprovider::types::{
+        ExplicitAuthFlowsType, PasswordPolicyType, TimeUnitsType, TokenValidityUnitsType,
+        UserPoolPolicyType, UsernameAttributeType, VerifiedAttributeType,
+    };
+    let client = aws_sdk_cognitoidentityprovider::Client::new(config);
+    let password_policy = PasswordPolicyType::builder()
+        .minimum_length(12)
+        .require_lowercase(true)
+        .require_uppercase(true)
+        .require_numbers(true)
+        .require_symbols(true)
+        .build();
+    let pool_id = client
+        .create_user_pool()
+        .pool_name(name)
+        .username_attributes(UsernameAttributeType::Email)
+        .auto_verified_attributes(VerifiedAttributeType::Email)
+        .policies(
+            UserPoolPolicyType::builder()
+                .password_policy(password_policy)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| failed(format!("user pool {name}"))(chain(&e)))?
+        .user_pool
+        .and_then(|pool| pool.id)
+        .unwrap_or_default();
+    let client_id = client
+        .create_user_pool_client()
+        .user_pool_id(&pool_id)
+        .client_name("web")
+        .generate_secret(false)
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowUserPasswordAuth)
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowUserSrpAuth)
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowRefreshTokenAuth)
+        .access_token_validity(60)
+        .id_token_validity(60)
+        .refresh_token_validity(30)
+        .token_validity_units(
+            TokenValidityUnitsType::builder()
+                .access_token(TimeUnitsType::Minutes)
+                .id_token(TimeUnitsType::Minutes)
+                .refresh_token(TimeUnitsType::Days)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| failed("the web app client")(chain(&e)))?
+        .user_pool_client
+        .and_then(|client| client.client_id)
+        .unwrap_or_default();
+    Ok(UserPool { pool_id, client_id })
+}
+
+/// A confirmed user with a permanent password, ready to sign in.
+pub async fn create_user(
+    config: &SdkConfig,
+    pool: &UserPool,
+    email: &str,
+    password: &str,
+) -> Result<(), ProvisionError> {
+    use aws_sdk_cognitoidentityprovider::types::{AttributeType, MessageActionType};
+    let client = aws_sdk_cognitoidentityprovider::Client::new(config);
+    let attribute = |name: &str, value: &str| {
+        AttributeType::builder()
+            .name(name)
+            .value(value)
+            .build()
+            .expect("name is set")
+    };
+    client
+        .admin_create_user()
+        .user_pool_id(&pool.pool_id)
+        .username(email)
+        .user_attributes(attribute("email", email))
+        .user_attributes(attribute("email_verified", "true"))
+        .message_action(MessageActionType::Suppress)
+        .send()
+        .await
+        .map_err(|e| failed(format!("user {email}"))(chain(&e)))?;
+    client
+        .admin_set_user_password()
+        .user_pool_id(&pool.pool_id)
+        .username(email)
+        .password(password)
+        .permanent(true)
+        .send()
+        .await
+        .map_err(|e| failed(format!("the password of {email}"))(chain(&e)))?;
+    Ok(())
+}

@@ -4,12 +4,9 @@
 //! binary exits), a fresh table, queue and bucket per test so that tests never share state,
 //! the Bedrock-compatible endpoint from `local`, and builders for the events Lambda receives.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api::GenerateApi;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -24,6 +21,7 @@ use aws_sdk_dynamodb::config::Credentials;
 use lambda_runtime::{Context, LambdaEvent};
 use local::converse::ConverseServer;
 use local::event_source::{Settled, SqsEventSource};
+use local::moto::Moto;
 use local::provision::{Names, Resources, provision};
 use pipeline::adapters::{
     BedrockTextModel, CognitoSessionCheck, DynamoJobStore, S3ArtifactStore, SqsJobQueue,
@@ -44,78 +42,38 @@ pub type Api = GenerateApi<DynamoJobStore, SqsJobQueue, CognitoSessionCheck>;
 pub type Status = StatusApi<DynamoJobStore>;
 pub type JobWorker = Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel>;
 
-/// The moto server of this test binary.
-struct Moto {
-    url: String,
-    /// The wrapper shell waits on this pipe; when the binary exits the pipe closes and the
-    /// wrapper stops moto, so no server outlives the tests.
-    _lifeline: Option<Mutex<Child>>,
+/// The moto server of this test binary: `MOTO_ENDPOINT` if set, else one of our own,
+/// stopped when the test binary exits.
+enum MotoServer {
+    External(String),
+    Own(Mutex<Moto>),
 }
 
-static MOTO: OnceLock<Moto> = OnceLock::new();
+static MOTO: OnceLock<MotoServer> = OnceLock::new();
 
-/// The emulator's URL: `MOTO_ENDPOINT` if set, else a server of our own.
-pub fn moto_url() -> &'static str {
-    &MOTO.get_or_init(start_moto).url
+pub fn moto_url() -> String {
+    let server = MOTO.get_or_init(|| match std::env::var("MOTO_ENDPOINT") {
+        Ok(url) => MotoServer::External(url),
+        Err(_) => {
+            let binary = std::env::var("MOTO_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Moto::find_binary(&workspace_root()));
+            MotoServer::Own(Mutex::new(Moto::start(&binary).unwrap_or_else(|error| {
+                panic!("{error}\n(or set MOTO_SERVER or MOTO_ENDPOINT)")
+            })))
+        }
+    });
+    match server {
+        MotoServer::External(url) => url.clone(),
+        MotoServer::Own(moto) => moto.lock().unwrap().url().to_owned(),
+    }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn start_moto() -> Moto {
-    if let Ok(url) = std::env::var("MOTO_ENDPOINT") {
-        return Moto {
-            url,
-            _lifeline: None,
-        };
-    }
-    let binary = std::env::var("MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let venv = workspace_root().join(".venv/bin/moto_server");
-            if venv.exists() {
-                venv
-            } else {
-                PathBuf::from("moto_server")
-            }
-        });
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let log = std::env::temp_dir().join(format!("moto-{port}.log"));
-    let wrapper = format!(
-        r#""$0" -H 127.0.0.1 -p {port} >"$1" 2>&1 & pid=$!; trap 'kill $pid' EXIT; read -r _"#
-    );
-    let child = Command::new("bash")
-        .args(["-c", &wrapper])
-        .arg(&binary)
-        .arg(&log)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("bash starts");
-    let address: SocketAddr = ([127, 0, 0, 1], port).into();
-    let started = Instant::now();
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let mut output = String::new();
-            let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut output));
-            panic!(
-                "moto_server ({}) did not start on port {port} within 60 s. Run the README's test \
-                 command, which installs it into .venv, or set MOTO_SERVER or MOTO_ENDPOINT.\n{output}",
-                binary.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto {
-        url: format!("http://{address}"),
-        _lifeline: Some(Mutex::new(child)),
-    }
 }
 
 /// An SDK configuration aimed at `endpoint`, with fake credentials.
@@ -138,9 +96,14 @@ pub struct Stack {
 
 impl Stack {
     pub async fn new() -> Self {
-        let aws = sdk_config(moto_url()).await;
+        Self::with_visibility_timeout(30).await
+    }
+
+    /// A stack whose queue makes a reported failure visible again after `seconds`.
+    pub async fn with_visibility_timeout(seconds: u32) -> Self {
+        let aws = sdk_config(&moto_url()).await;
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let resources = provision(&aws, &Names::with_prefix(&prefix), 30)
+        let resources = provision(&aws, &Names::with_prefix(&prefix), seconds)
             .await
             .expect("resources are created on moto");
         let bedrock = ConverseServer::start(([127, 0, 0, 1], 0).into())

@@ -360,3 +360,15 @@ def test_the_sample_events_match_the_templates_routes_and_functions(resources):
     assert {r["eventSource"] for r in batch["Records"]} == {"aws:sqs"}
     (mapping,) = of_type(resources, "AWS::Lambda::EventSourceMapping").values()
     assert mapping["Properties"]["FunctionName"] == {"Ref": "WorkerFunction"}
+
+
+def test_the_outputs_hold_what_the_web_ui_and_the_deploy_script_need(source):
+    outputs = set(source["Outputs"])
+    assert {
+        "ApiUrl", "WebUrl", "WebBucketName", "WebDistributionId", "UserPoolId", "UserPoolClientId",
+        "ArtifactsBucketName", "JobsQueueUrl", "JobsTableName", "ModelId", "AllowedModelIds",
+        "MaxOutputTokens",
+    } <= outputs
+    script = (ROOT / "scripts" / "stack.py").read_text()
+    for used in set(re.findall(r'out\["(\w+)"\]', script)):
+        assert used in outputs, f"scripts/stack.py reads output {used}, which the template lacks"

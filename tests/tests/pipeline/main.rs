@@ -2,6 +2,7 @@
 //! moto and the Bedrock-compatible endpoint. One binary, so that one moto serves every test.
 
 mod binaries;
+mod gateway;
 mod generate;
 mod iam_callers;
 mod round_trip;
@@ -9,3 +10,4 @@ mod sample_events;
 mod sessions;
 mod status;
 mod worker;
+mod worker_loop;

@@ -1,0 +1,109 @@
+//! The AWS emulator: `moto_server` as a child process on 127.0.0.1.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `moto_server`. It stops when this is dropped, and also when the process that
+/// started it dies: a wrapper shell waits on a pipe from us and stops moto when it closes.
+pub struct Moto {
+    url: String,
+    child: Child,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    #[error(
+        "could not run {binary}: {source}. Install moto first (the run and test commands do: \
+         python3 -m venv .venv && .venv/bin/pip install -r requirements.txt), or give the \
+         address of a running emulator with --aws-endpoint"
+    )]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("moto_server did not answer on {address} within {seconds} s; its output:\n{output}")]
+    NotReady {
+        address: SocketAddr,
+        seconds: u64,
+        output: String,
+    },
+}
+
+impl Moto {
+    /// `moto_server` from `<workspace>/.venv`, else from `PATH`.
+    pub fn find_binary(workspace: &Path) -> PathBuf {
+        let venv = workspace.join(".venv/bin/moto_server");
+        if venv.exists() {
+            venv
+        } else {
+            PathBuf::from("moto_server")
+        }
+    }
+
+    /// Starts `binary` on a free port and waits until it accepts connections.
+    pub fn start(binary: &Path) -> Result<Self, MotoError> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|source| MotoError::Spawn {
+                binary: binary.display().to_string(),
+                source,
+            })?
+            .port();
+        let log = std::env::temp_dir().join(format!("moto-{port}.log"));
+        let wrapper = format!(
+            r#""$0" -H 127.0.0.1 -p {port} >"$1" 2>&1 & pid=$!; trap 'kill $pid; wait $pid' EXIT; read -r _"#
+        );
+        let child = Command::new("bash")
+            .args(["-c", &wrapper])
+            .arg(binary)
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|source| MotoError::Spawn {
+                binary: binary.display().to_string(),
+                source,
+            })?;
+        let mut moto = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let limit = Duration::from_secs(60);
+        let started = Instant::now();
+        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+            let exited = moto.child.try_wait().ok().flatten().is_some();
+            if exited || started.elapsed() > limit {
+                let mut output = String::new();
+                let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut output));
+                if output.contains("not found") || output.contains("No such file") {
+                    return Err(MotoError::Spawn {
+                        binary: binary.display().to_string(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, output),
+                    });
+                }
+                return Err(MotoError::NotReady {
+                    address,
+                    seconds: started.elapsed().as_secs(),
+                    output,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(moto)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        // Closing the wrapper's stdin makes it stop moto; then reap it.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
