@@ -17,6 +17,7 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderValue, Method};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use aws_sdk_cognitoidentityprovider::types::{AuthFlowType, AuthenticationResultType};
 use aws_sdk_dynamodb::config::Credentials;
 use lambda_runtime::{Context, LambdaEvent};
 use local::converse::ConverseServer;
@@ -257,14 +258,19 @@ impl Stack {
             .item
     }
 
-    /// An S3 object as (content type, JSON), or `None` if there is none.
-    pub async fn artifact(&self, key: &str) -> Option<(String, Value)> {
-        let client = aws_sdk_s3::Client::from_conf(
+    /// An S3 client for the emulator, which needs path-style addresses.
+    fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&self.aws)
                 .force_path_style(true)
                 .build(),
-        );
-        let object = client
+        )
+    }
+
+    /// An S3 object as (content type, JSON), or `None` if there is none.
+    pub async fn artifact(&self, key: &str) -> Option<(String, Value)> {
+        let object = self
+            .s3()
             .get_object()
             .bucket(&self.resources.bucket)
             .key(key)
@@ -278,12 +284,7 @@ impl Stack {
 
     /// How many artifacts the bucket holds.
     pub async fn artifact_count(&self) -> usize {
-        let client = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&self.aws)
-                .force_path_style(true)
-                .build(),
-        );
-        client
+        self.s3()
             .list_objects_v2()
             .bucket(&self.resources.bucket)
             .send()
@@ -293,6 +294,25 @@ impl Stack {
             .unwrap_or_default()
             .len()
     }
+}
+
+/// A password that satisfies the template's password policy.
+pub const PASSWORD: &str = "Correct-Horse-Battery-9!";
+
+/// Signs `email` in through the app client `client_id` (`USER_PASSWORD_AUTH`): real tokens,
+/// RS256-signed by the emulator's Cognito.
+pub async fn sign_in(aws: &SdkConfig, client_id: &str, email: &str) -> AuthenticationResultType {
+    aws_sdk_cognitoidentityprovider::Client::new(aws)
+        .initiate_auth()
+        .client_id(client_id)
+        .auth_flow(AuthFlowType::UserPasswordAuth)
+        .auth_parameters("USERNAME", email)
+        .auth_parameters("PASSWORD", PASSWORD)
+        .send()
+        .await
+        .unwrap()
+        .authentication_result
+        .unwrap()
 }
 
 /// A Lambda invocation whose deadline is `deadline_in` from now.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_sdk_cognitoidentityprovider::Client as Cognito;
-use aws_sdk_cognitoidentityprovider::types::{AuthFlowType, ExplicitAuthFlowsType};
+use aws_sdk_cognitoidentityprovider::types::ExplicitAuthFlowsType;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use integration_tests::*;
@@ -15,8 +15,6 @@ use local::gateway::{self, GatewayConfig, HttpFunction};
 use local::provision::{UserPool, create_user, create_user_pool};
 use pipeline::http::Cors;
 use serde_json::{Value, json};
-
-const PASSWORD: &str = "Correct-Horse-Battery-9!";
 
 /// A function that counts its calls and answers with the claims it was given.
 #[derive(Clone, Default)]
@@ -45,28 +43,10 @@ struct Tokens {
 }
 
 async fn tokens(stack: &Stack, pool: &UserPool) -> Tokens {
-    let cognito = Cognito::new(&stack.aws);
     create_user(&stack.aws, pool, "ada@example.com", PASSWORD)
         .await
         .unwrap();
-    let sign_in = |client: String| {
-        let cognito = cognito.clone();
-        async move {
-            cognito
-                .initiate_auth()
-                .client_id(client)
-                .auth_flow(AuthFlowType::UserPasswordAuth)
-                .auth_parameters("USERNAME", "ada@example.com")
-                .auth_parameters("PASSWORD", PASSWORD)
-                .send()
-                .await
-                .unwrap()
-                .authentication_result
-                .unwrap()
-        }
-    };
-    let mine = sign_in(pool.client_id.clone()).await;
-    let other_client = cognito
+    let other_client = Cognito::new(&stack.aws)
         .create_user_pool_client()
         .user_pool_id(&pool.pool_id)
         .client_name("someone-elses-app")
@@ -78,7 +58,8 @@ async fn tokens(stack: &Stack, pool: &UserPool) -> Tokens {
         .unwrap()
         .client_id
         .unwrap();
-    let theirs = sign_in(other_client).await;
+    let mine = sign_in(&stack.aws, &pool.client_id, "ada@example.com").await;
+    let theirs = sign_in(&stack.aws, &other_client, "ada@example.com").await;
     Tokens {
         access: mine.access_token.unwrap(),
         id: mine.id_token.unwrap(),

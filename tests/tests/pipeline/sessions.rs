@@ -3,64 +3,24 @@
 
 use aws_lambda_events::http::{HeaderValue, Method};
 use aws_sdk_cognitoidentityprovider::Client as Cognito;
-use aws_sdk_cognitoidentityprovider::types::{AuthFlowType, ExplicitAuthFlowsType};
 use base64::Engine;
 use integration_tests::*;
+use local::provision::{create_user, create_user_pool};
 use pipeline::adapters::{CognitoSessionCheck, DynamoJobStore, SqsJobQueue};
 
-/// Signs a user in on moto's Cognito and returns the (real, RS256-signed) access token.
-async fn sign_in(stack: &Stack, email: &str) -> String {
-    let cognito = Cognito::new(&stack.aws);
-    let pool = cognito
-        .create_user_pool()
-        .pool_name(format!("pool-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap()
-        .user_pool
-        .unwrap()
-        .id
-        .unwrap();
-    let client = cognito
-        .create_user_pool_client()
-        .user_pool_id(&pool)
-        .client_name("web")
-        .explicit_auth_flows(ExplicitAuthFlowsType::AllowUserPasswordAuth)
-        .explicit_auth_flows(ExplicitAuthFlowsType::AllowRefreshTokenAuth)
-        .send()
-        .await
-        .unwrap()
-        .user_pool_client
-        .unwrap()
-        .client_id
-        .unwrap();
-    cognito
-        .admin_create_user()
-        .user_pool_id(&pool)
-        .username(email)
-        .send()
+/// Signs a new user in on moto's Cognito and returns the (real, RS256-signed) access token.
+async fn access_token(stack: &Stack, email: &str) -> String {
+    let pool = create_user_pool(
+        &stack.aws,
+        &format!("pool-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .await
+    .unwrap();
+    create_user(&stack.aws, &pool, email, PASSWORD)
         .await
         .unwrap();
-    cognito
-        .admin_set_user_password()
-        .user_pool_id(&pool)
-        .username(email)
-        .password("Correct-Horse-9")
-        .permanent(true)
-        .send()
+    sign_in(&stack.aws, &pool.client_id, email)
         .await
-        .unwrap();
-    cognito
-        .initiate_auth()
-        .client_id(client)
-        .auth_flow(AuthFlowType::UserPasswordAuth)
-        .auth_parameters("USERNAME", email)
-        .auth_parameters("PASSWORD", "Correct-Horse-9")
-        .send()
-        .await
-        .unwrap()
-        .authentication_result
-        .unwrap()
         .access_token
         .unwrap()
 }
@@ -76,7 +36,7 @@ fn claims(token: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_signed_out_token_is_refused_when_the_check_is_on() {
     let stack = Stack::new().await;
-    let token = sign_in(&stack, "ada@example.com").await;
+    let token = access_token(&stack, "ada@example.com").await;
     let header: serde_json::Value = serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token.split('.').next().unwrap())
