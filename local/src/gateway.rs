@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use pipeline::domain::{ApiError, ErrorCode};
 use pipeline::http::Cors;
-use pipeline::ports::{JobQueue, JobStore, SessionCheck};
+use pipeline::ports::{JobQueue, JobStore, SessionCheck, SubmissionQuota};
 use serde_json::Value;
 use status::StatusApi;
 use tower_http::services::ServeDir;
@@ -46,7 +46,7 @@ pub trait HttpFunction: Send + Sync + 'static {
 
 impl<S, Q, C> HttpFunction for GenerateApi<S, Q, C>
 where
-    S: JobStore + 'static,
+    S: JobStore + SubmissionQuota + 'static,
     Q: JobQueue + 'static,
     C: SessionCheck + 'static,
 {

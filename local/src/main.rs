@@ -160,6 +160,13 @@ async fn run(options: Options) -> Result<(), Error> {
         of: 6,
         started,
     };
+    if !options.web_dir.join("index.html").is_file() {
+        return Err(format!(
+            "no web UI at {} (index.html missing): run from the repository's root or give --web-dir",
+            options.web_dir.display()
+        )
+        .into());
+    }
     let env = Env::from_process();
     let limits = env.limits()?;
     let address = SocketAddr::from(([127, 0, 0, 1], options.port));
@@ -277,6 +284,8 @@ async fn run(options: Options) -> Result<(), Error> {
             limits: limits.clone(),
             job_ttl: chrono::Duration::days(env.positive("JOB_TTL_DAYS", 30)?),
             cors: Cors::new(&origin),
+            jobs_per_minute: env.optional_positive("MAX_JOBS_PER_MINUTE")?,
+            clock: chrono::Utc::now,
         },
     );
     let status = StatusApi::new(

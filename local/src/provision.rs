@@ -65,7 +65,8 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Creates the table (with its owner index and TTL), the queue with its dead-letter queue,
-/// and the artifacts bucket. `visibility_timeout_secs` is the jobs queue's.
+/// and the artifacts bucket; what exists already is kept. `visibility_timeout_secs` is the
+/// jobs queue's.
 pub async fn provision(
     config: &SdkConfig,
     names: &Names,
@@ -111,7 +112,7 @@ async fn create_table(config: &SdkConfig, table: &str) -> Result<(), ProvisionEr
         )
         .build()
         .map_err(|e| failed("the owner index")(e.to_string()))?;
-    client
+    let created = client
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
@@ -121,8 +122,18 @@ async fn create_table(config: &SdkConfig, table: &str) -> Result<(), ProvisionEr
         .key_schema(key("job_id", KeyType::Hash))
         .global_secondary_indexes(owner_index)
         .send()
-        .await
-        .map_err(|e| failed(format!("table {table}"))(chain(&e)))?;
+        .await;
+    match created {
+        Ok(_) => {}
+        // An emulator that outlives the local stack (--aws-endpoint) keeps the table.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(failed(format!("table {table}"))(chain(&e))),
+    }
     client
         .update_time_to_live()
         .table_name(table)
@@ -203,14 +214,22 @@ async fn create_bucket(config: &SdkConfig, bucket: &str) -> Result<(), Provision
             .location_constraint(BucketLocationConstraint::from(region.as_str()))
             .build()
     });
-    client
+    match client
         .create_bucket()
         .bucket(bucket)
         .set_create_bucket_configuration(location)
         .send()
         .await
-        .map_err(|e| failed(format!("bucket {bucket}"))(chain(&e)))?;
-    Ok(())
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_bucket_already_owned_by_you()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(failed(format!("bucket {bucket}"))(chain(&e))),
+    }
 }
 
 /// A Cognito user pool and its web app client.

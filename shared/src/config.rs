@@ -94,6 +94,14 @@ impl Env {
         })
     }
 
+    /// A positive whole number, or `None` when unset.
+    pub fn optional_positive(&self, name: &'static str) -> Result<Option<u32>, ConfigError> {
+        match self.optional(name) {
+            None => Ok(None),
+            Some(_) => self.positive(name, 1).map(Some),
+        }
+    }
+
     pub fn positive<T: FromStr + PartialOrd + Default>(
         &self,
         name: &'static str,

@@ -7,7 +7,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Artifact, Job, JobId, Owner, Transition, Usage};
+use crate::domain::{Artifact, Job, JobId, Owner, RateWindow, Transition, Usage};
 
 /// A dependency that did not answer as it should. The caller sees `503` (API) or the
 /// message is retried (worker); the detail goes to the log only.
@@ -69,6 +69,18 @@ pub trait JobStore: Send + Sync {
         transition: &Transition,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<Job>, Unavailable>> + Send;
+}
+
+/// Counts submissions per caller, for `MAX_JOBS_PER_MINUTE`.
+pub trait SubmissionQuota: Send + Sync {
+    /// Counts one submission in `window`, unless `limit` are counted there already: then
+    /// nothing is counted and the answer is `false`. Atomic, so concurrent requests cannot
+    /// overshoot the limit together.
+    fn acquire(
+        &self,
+        window: &RateWindow,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, Unavailable>> + Send;
 }
 
 pub trait JobQueue: Send + Sync {

@@ -133,6 +133,8 @@ impl Stack {
             },
             job_ttl: chrono::Duration::days(30),
             cors: Cors::new(ORIGIN),
+            jobs_per_minute: None,
+            clock: chrono::Utc::now,
         }
     }
 

@@ -332,7 +332,8 @@ def test_functions_get_the_contracts_environment(resources):
     env = {name: set(resources[name]["Properties"]["Environment"]["Variables"]) for name in FUNCTIONS}
     assert env["GenerateFunction"] == {
         "JOBS_TABLE", "JOBS_QUEUE_URL", "MODEL_ID", "ALLOWED_MODEL_IDS", "MAX_PROMPT_CHARS",
-        "MAX_OUTPUT_TOKENS", "JOB_TTL_DAYS", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK"}
+        "MAX_OUTPUT_TOKENS", "JOB_TTL_DAYS", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK",
+        "MAX_JOBS_PER_MINUTE"}
     assert env["JobStatusFunction"] == {"JOBS_TABLE", "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN"}
     assert env["WorkerFunction"] == {"JOBS_TABLE", "ARTIFACTS_BUCKET", "MAX_ATTEMPTS"}
     api_env = resources["GenerateFunction"]["Properties"]["Environment"]["Variables"]

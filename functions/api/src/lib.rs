@@ -1,14 +1,18 @@
 //! `POST /generate`: validate, record the job, enqueue it, answer `202` at once.
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use aws_lambda_events::http::{Method, header::LOCATION};
-use chrono::{Duration, Utc};
+use aws_lambda_events::http::{
+    Method,
+    header::{LOCATION, RETRY_AFTER},
+};
+use chrono::{DateTime, Duration, Utc};
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
-    ApiError, FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, Limits, Transition,
+    ApiError, FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, Limits, RateWindow,
+    Transition,
 };
 use pipeline::http::{self, Caller, Cors, SubmittedJob};
-use pipeline::ports::{Inserted, JobQueue, JobStore, SessionCheck, Unavailable};
+use pipeline::ports::{Inserted, JobQueue, JobStore, SessionCheck, SubmissionQuota, Unavailable};
 use tracing::{Instrument, error, info, info_span, warn};
 
 /// The function's environment (see the contract's configuration table).
@@ -26,6 +30,10 @@ pub struct Settings {
     pub limits: Limits,
     pub job_ttl: Duration,
     pub cors: Cors,
+    /// `MAX_JOBS_PER_MINUTE`: submissions one caller may make in a minute; `None`, no limit.
+    pub jobs_per_minute: Option<u32>,
+    /// The time, as the handler sees it (tests pin it).
+    pub clock: fn() -> DateTime<Utc>,
 }
 
 impl Config {
@@ -38,6 +46,8 @@ impl Config {
                 limits: env.limits()?,
                 job_ttl: Duration::days(env.positive("JOB_TTL_DAYS", 30)?),
                 cors: Cors::new(&env.allowed_origin()),
+                jobs_per_minute: env.optional_positive("MAX_JOBS_PER_MINUTE")?,
+                clock: Utc::now,
             },
         })
     }
@@ -51,7 +61,7 @@ pub struct GenerateApi<S, Q, C> {
     settings: Settings,
 }
 
-impl<S: JobStore, Q: JobQueue, C: SessionCheck> GenerateApi<S, Q, C> {
+impl<S: JobStore + SubmissionQuota, Q: JobQueue, C: SessionCheck> GenerateApi<S, Q, C> {
     pub fn new(store: S, queue: Q, sessions: Option<C>, settings: Settings) -> Self {
         Self {
             store,
@@ -85,11 +95,15 @@ impl<S: JobStore, Q: JobQueue, C: SessionCheck> GenerateApi<S, Q, C> {
             .transpose()?;
         let body = http::body_text(request)?;
         let generate = GenerateRequest::from_json(&body, &self.settings.limits)?;
+        let now = (self.settings.clock)();
+        if let Some(refusal) = self.check_quota(&caller, now).await? {
+            return Ok(refusal);
+        }
         let job = Job::queued(
             caller.owner,
             generate,
             idempotency_key,
-            Utc::now(),
+            now,
             self.settings.job_ttl,
         );
         let span = info_span!("job", job_id = %job.id);
@@ -109,6 +123,40 @@ impl<S: JobStore, Q: JobQueue, C: SessionCheck> GenerateApi<S, Q, C> {
         }
     }
 
+    /// `429` with `Retry-After` once the caller has used this minute's submissions.
+    async fn check_quota(
+        &self,
+        caller: &Caller,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ApiGatewayV2httpResponse>, ApiError> {
+        let Some(limit) = self.settings.jobs_per_minute else {
+            return Ok(None);
+        };
+        let window = RateWindow::of(&caller.owner, now);
+        if self
+            .store
+            .acquire(&window, limit)
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(None);
+        }
+        let retry_after = window.retry_after_secs(now);
+        info!(
+            limit,
+            retry_after, "over the submission quota; answered 429"
+        );
+        let refusal = self
+            .settings
+            .cors
+            .error(&ApiError::rate_limited(limit, retry_after));
+        Ok(Some(http::with_header(
+            refusal,
+            RETRY_AFTER,
+            &retry_after.to_string(),
+        )))
+    }
+
     async fn submit(&self, job: Job) -> Result<ApiGatewayV2httpResponse, ApiError> {
         if self.store.insert(&job).await.map_err(unavailable)? == Inserted::AlreadyExists {
             return self.repeat(&job).await;
@@ -123,7 +171,7 @@ impl<S: JobStore, Q: JobQueue, C: SessionCheck> GenerateApi<S, Q, C> {
             );
             if let Err(cause) = self
                 .store
-                .transition(job.id, &Transition::Fail(failure), Utc::now())
+                .transition(job.id, &Transition::Fail(failure), (self.settings.clock)())
                 .await
             {
                 error!(%cause, "could not mark the unqueued job failed");

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use super::describe;
 use crate::domain::{
     Completion, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Owner,
-    Transition, Usage, format_timestamp, parse_timestamp,
+    RateWindow, Transition, Usage, format_timestamp, parse_timestamp,
 };
-use crate::ports::{Inserted, JobStore, Page, PageCursor, Unavailable};
+use crate::ports::{Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable};
 
 /// The owner index of the contract: partition key `owner`, sort key `created_at`.
 pub const OWNER_INDEX: &str = "owner-created_at-index";
@@ -188,6 +188,36 @@ impl JobStore for DynamoJobStore {
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
                 Ok(None)
+            }
+            Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
+        }
+    }
+}
+
+/// The counters live in the jobs table under non-UUID keys (`rate#…`), with no `owner`, so
+/// they never appear in the owner index; TTL removes them an hour after their minute.
+impl SubmissionQuota for DynamoJobStore {
+    async fn acquire(&self, window: &RateWindow, limit: u32) -> Result<bool, Unavailable> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", s(&window.key))
+            .update_expression("SET expires_at = :expires ADD submissions :one")
+            .condition_expression("attribute_not_exists(submissions) OR submissions < :limit")
+            .expression_attribute_values(":expires", n(window.resets_at.timestamp() + 3600))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(limit))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
             }
             Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
         }

@@ -79,6 +79,15 @@ impl ApiError {
         Self::new(ErrorCode::NotFound, "No job with this id belongs to you.")
     }
 
+    pub fn rate_limited(limit: u32, retry_after_secs: i64) -> Self {
+        Self::new(
+            ErrorCode::RateLimited,
+            format!(
+                "You have submitted {limit} jobs this minute, the most allowed; try again in {retry_after_secs} s."
+            ),
+        )
+    }
+
     pub fn method_not_allowed(allowed: &str) -> Self {
         Self::new(
             ErrorCode::MethodNotAllowed,

@@ -4,6 +4,7 @@ mod artifact;
 mod error;
 mod job;
 mod message;
+mod quota;
 mod request;
 mod time;
 
@@ -14,5 +15,6 @@ pub use job::{
     Usage,
 };
 pub use message::{decode_job_message, encode_job_message};
+pub use quota::RateWindow;
 pub use request::{DEFAULT_MAX_TOKENS, GenerateRequest, Limits};
 pub use time::{format_timestamp, parse_timestamp};

@@ -267,3 +267,85 @@ async fn a_missing_table_is_503_not_a_crash() {
     );
     assert!(stack.queued_bodies().await.is_empty());
 }
+
+#[tokio::test]
+async fn over_the_per_minute_quota_is_429_with_retry_after() {
+    let stack = Stack::new().await;
+    let mut settings = stack.api_settings();
+    settings.jobs_per_minute = Some(2);
+    // A fixed minute, 15 s in, so that the test never straddles two windows.
+    settings.clock = || chrono::DateTime::from_timestamp(1_795_860_015, 0).unwrap();
+    let api = api::GenerateApi::new(
+        stack.store(),
+        pipeline::adapters::SqsJobQueue::new(&stack.aws, &stack.resources.queue_url),
+        None::<pipeline::adapters::CognitoSessionCheck>,
+        settings,
+    );
+    let body = r#"{"prompt": "again"}"#;
+    for _ in 0..2 {
+        let response = api
+            .handle(request(
+                Method::POST,
+                "/generate",
+                Some("user-a"),
+                Some(body),
+            ))
+            .await;
+        assert_eq!(response.status_code, 202);
+    }
+    let refused = api
+        .handle(request(
+            Method::POST,
+            "/generate",
+            Some("user-a"),
+            Some(body),
+        ))
+        .await;
+    let message = assert_error(&refused, 429, "rate_limited");
+    assert!(
+        message.contains("2 jobs") && message.contains("45 s"),
+        "{message}"
+    );
+    assert_eq!(refused.headers["retry-after"], "45");
+
+    // Another caller has a quota of its own; an invalid request costs none.
+    let other = api
+        .handle(request(
+            Method::POST,
+            "/generate",
+            Some("user-b"),
+            Some(body),
+        ))
+        .await;
+    assert_eq!(other.status_code, 202);
+    let invalid = api
+        .handle(request(
+            Method::POST,
+            "/generate",
+            Some("user-b"),
+            Some("{}"),
+        ))
+        .await;
+    assert_eq!(invalid.status_code, 400);
+    let second = api
+        .handle(request(
+            Method::POST,
+            "/generate",
+            Some("user-b"),
+            Some(body),
+        ))
+        .await;
+    assert_eq!(second.status_code, 202);
+
+    assert_eq!(
+        stack.queued_bodies().await.len(),
+        4,
+        "no job for the refused request"
+    );
+    // The counters never show up as jobs.
+    let list = stack
+        .status()
+        .handle(request(Method::GET, "/jobs", Some("user-a"), None))
+        .await;
+    assert_eq!(json_body(&list)["jobs"].as_array().unwrap().len(), 2);
+}
