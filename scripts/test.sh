@@ -14,12 +14,7 @@ venv .venv requirements.txt
 venv .venv-sam requirements-sam.txt
 
 step "Chromium (Debian) and playwright-core (npm) for the browser tests"
-if ! command -v chromium >/dev/null; then
-  sudo_if_needed=""
-  [ "$(id -u)" = 0 ] || sudo_if_needed="sudo"
-  $sudo_if_needed apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq chromium >/dev/null
-fi
+command -v chromium >/dev/null || apt_install chromium
 chromium --version
 npm ci --prefix tests/e2e --no-audit --no-fund --loglevel=error
 
