@@ -151,6 +151,15 @@ impl Stack {
         )
     }
 
+    pub fn api_with_settings(&self, settings: api::Settings) -> Api {
+        GenerateApi::new(
+            self.store(),
+            SqsJobQueue::new(&self.aws, &self.resources.queue_url),
+            None,
+            settings,
+        )
+    }
+
     pub fn status(&self) -> Status {
         StatusApi::new(self.store(), &self.resources.bucket, Cors::new(ORIGIN))
     }

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
@@ -46,13 +47,7 @@ impl JobStore for DynamoJobStore {
             .await;
         match result {
             Ok(_) => Ok(Inserted::Created),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Inserted::AlreadyExists)
-            }
+            Err(error) if condition_failed(&error) => Ok(Inserted::AlreadyExists),
             Err(error) => Err(Unavailable::new("DynamoDB PutItem", describe(&error))),
         }
     }
@@ -182,13 +177,7 @@ impl JobStore for DynamoJobStore {
             .await;
         match result {
             Ok(output) => output.attributes.as_ref().map(item_to_job).transpose(),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(error) if condition_failed(&error) => Ok(None),
             Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
         }
     }
@@ -212,16 +201,18 @@ impl SubmissionQuota for DynamoJobStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(error) if condition_failed(&error) => Ok(false),
             Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
         }
     }
+}
+
+/// Whether DynamoDB refused a conditional write because its condition did not hold.
+fn condition_failed<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
+    error
+        .as_service_error()
+        .and_then(ProvideErrorMetadata::code)
+        == Some("ConditionalCheckFailedException")
 }
 
 fn s(text: impl Into<String>) -> AttributeValue {

@@ -1,17 +1,16 @@
 //! `POST /generate`: validation, identity, idempotency and dependency failures.
 
+use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use aws_lambda_events::http::{HeaderValue, Method};
 use integration_tests::*;
 use serde_json::json;
 
-async fn post(
-    stack: &Stack,
-    user: Option<&str>,
-    body: &str,
-) -> aws_lambda_events::apigw::ApiGatewayV2httpResponse {
-    stack
-        .api()
-        .handle(request(Method::POST, "/generate", user, Some(body)))
+async fn post(stack: &Stack, user: Option<&str>, body: &str) -> ApiGatewayV2httpResponse {
+    post_to(&stack.api(), user, body).await
+}
+
+async fn post_to(api: &Api, user: Option<&str>, body: &str) -> ApiGatewayV2httpResponse {
+    api.handle(request(Method::POST, "/generate", user, Some(body)))
         .await
 }
 
@@ -275,32 +274,13 @@ async fn over_the_per_minute_quota_is_429_with_retry_after() {
     settings.jobs_per_minute = Some(2);
     // A fixed minute, 15 s in, so that the test never straddles two windows.
     settings.clock = || chrono::DateTime::from_timestamp(1_795_860_015, 0).unwrap();
-    let api = api::GenerateApi::new(
-        stack.store(),
-        pipeline::adapters::SqsJobQueue::new(&stack.aws, &stack.resources.queue_url),
-        None::<pipeline::adapters::CognitoSessionCheck>,
-        settings,
-    );
+    let api = stack.api_with_settings(settings);
     let body = r#"{"prompt": "again"}"#;
     for _ in 0..2 {
-        let response = api
-            .handle(request(
-                Method::POST,
-                "/generate",
-                Some("user-a"),
-                Some(body),
-            ))
-            .await;
+        let response = post_to(&api, Some("user-a"), body).await;
         assert_eq!(response.status_code, 202);
     }
-    let refused = api
-        .handle(request(
-            Method::POST,
-            "/generate",
-            Some("user-a"),
-            Some(body),
-        ))
-        .await;
+    let refused = post_to(&api, Some("user-a"), body).await;
     let message = assert_error(&refused, 429, "rate_limited");
     assert!(
         message.contains("2 jobs") && message.contains("45 s"),
@@ -309,32 +289,11 @@ async fn over_the_per_minute_quota_is_429_with_retry_after() {
     assert_eq!(refused.headers["retry-after"], "45");
 
     // Another caller has a quota of its own; an invalid request costs none.
-    let other = api
-        .handle(request(
-            Method::POST,
-            "/generate",
-            Some("user-b"),
-            Some(body),
-        ))
-        .await;
+    let other = post_to(&api, Some("user-b"), body).await;
     assert_eq!(other.status_code, 202);
-    let invalid = api
-        .handle(request(
-            Method::POST,
-            "/generate",
-            Some("user-b"),
-            Some("{}"),
-        ))
-        .await;
+    let invalid = post_to(&api, Some("user-b"), "{}").await;
     assert_eq!(invalid.status_code, 400);
-    let second = api
-        .handle(request(
-            Method::POST,
-            "/generate",
-            Some("user-b"),
-            Some(body),
-        ))
-        .await;
+    let second = post_to(&api, Some("user-b"), body).await;
     assert_eq!(second.status_code, 202);
 
     assert_eq!(
