@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use api::GenerateApi;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_dynamodb::config::Credentials;
+use aws_config::{BehaviorVersion, Region};
 use clap::{Parser, ValueEnum};
 use local::authorizer::JwtAuthorizer;
 use local::converse::{Backend, ConverseServer, Knobs, OpenAiBackend};
@@ -194,7 +193,7 @@ async fn run(options: Options) -> Result<(), Error> {
         }
     };
     progress.done(&aws_url);
-    let aws = emulator_config(&aws_url, &options.region).await;
+    let aws = local::moto::sdk_config(&aws_url, &options.region).await;
 
     progress.begin("table, queue and dead-letter queue, bucket");
     let resources = provision::provision(
@@ -249,10 +248,11 @@ async fn run(options: Options) -> Result<(), Error> {
         Provider::Bedrock => format!("Amazon Bedrock in {}", options.region),
     });
 
+    let store = DynamoJobStore::new(&aws, &resources.table);
     progress.begin("worker (SQS event source)");
     let (stop, stopped) = watch::channel(false);
     let worker = Worker::new(
-        DynamoJobStore::new(&aws, &resources.table),
+        store.clone(),
         S3ArtifactStore::new(&aws, &resources.bucket),
         BedrockTextModel::new(&bedrock_config),
         worker::Settings {
@@ -275,7 +275,7 @@ async fn run(options: Options) -> Result<(), Error> {
 
     progress.begin("gateway (web UI and API)");
     let api = GenerateApi::new(
-        DynamoJobStore::new(&aws, &resources.table),
+        store.clone(),
         SqsJobQueue::new(&aws, &resources.queue_url),
         options
             .revocation_check
@@ -288,11 +288,7 @@ async fn run(options: Options) -> Result<(), Error> {
             clock: chrono::Utc::now,
         },
     );
-    let status = StatusApi::new(
-        DynamoJobStore::new(&aws, &resources.table),
-        &resources.bucket,
-        Cors::new(&origin),
-    );
+    let status = StatusApi::new(store.clone(), &resources.bucket, Cors::new(&origin));
     let authorizer = JwtAuthorizer::new(
         format!(
             "https://cognito-idp.{}.amazonaws.com/{}",
@@ -341,22 +337,6 @@ async fn run(options: Options) -> Result<(), Error> {
     let _ = worker_task.await;
     eprintln!("stopped.");
     Ok(())
-}
-
-/// The emulator's endpoint for every service, with throwaway credentials.
-async fn emulator_config(url: &str, region: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(url)
-        .region(Region::new(region.to_owned()))
-        .credentials_provider(Credentials::new(
-            "local",
-            "local",
-            None,
-            None,
-            "local-stack",
-        ))
-        .load()
-        .await
 }
 
 /// Ctrl-C or SIGTERM.

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+
 /// A running `moto_server`. It stops when this is dropped, and also when the process that
 /// started it dies: a wrapper shell waits on a pipe from us and stops moto when it closes.
 pub struct Moto {
@@ -106,4 +109,15 @@ impl Drop for Moto {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
+}
+
+/// An SDK configuration that sends every service to the emulator at `url`, with
+/// throwaway credentials.
+pub async fn sdk_config(url: &str, region: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(Credentials::new("local", "local", None, None, "moto"))
+        .load()
+        .await
 }

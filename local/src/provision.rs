@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
-use pipeline::adapters::OWNER_INDEX;
+use pipeline::adapters::{OWNER_INDEX, describe};
 
 /// Deliveries before SQS moves a message to the dead-letter queue. Above the worker's
 /// `MAX_ATTEMPTS` (3), so that the worker decides a job's fate before SQS gives up on it.
@@ -52,16 +52,6 @@ pub struct ProvisionError {
 fn failed(what: impl Into<String>) -> impl FnOnce(String) -> ProvisionError {
     let what = what.into();
     move |detail| ProvisionError { what, detail }
-}
-
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 /// Creates the table (with its owner index and TTL), the queue with its dead-letter queue,
@@ -132,7 +122,7 @@ async fn create_table(config: &SdkConfig, table: &str) -> Result<(), ProvisionEr
         {
             return Ok(());
         }
-        Err(e) => return Err(failed(format!("table {table}"))(chain(&e))),
+        Err(e) => return Err(failed(format!("table {table}"))(describe(&e))),
     }
     client
         .update_time_to_live()
@@ -146,7 +136,7 @@ async fn create_table(config: &SdkConfig, table: &str) -> Result<(), ProvisionEr
         )
         .send()
         .await
-        .map_err(|e| failed(format!("TTL on table {table}"))(chain(&e)))?;
+        .map_err(|e| failed(format!("TTL on table {table}"))(describe(&e)))?;
     Ok(())
 }
 
@@ -163,7 +153,7 @@ async fn create_queues(
         .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
         .send()
         .await
-        .map_err(|e| failed(format!("queue {dead_letter_queue}"))(chain(&e)))?
+        .map_err(|e| failed(format!("queue {dead_letter_queue}"))(describe(&e)))?
         .queue_url
         .unwrap_or_default();
     let dlq_arn = queue_arn(&client, &dlq_url).await?;
@@ -181,7 +171,7 @@ async fn create_queues(
         .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
         .send()
         .await
-        .map_err(|e| failed(format!("queue {queue}"))(chain(&e)))?
+        .map_err(|e| failed(format!("queue {queue}"))(describe(&e)))?
         .queue_url
         .unwrap_or_default();
     let arn = queue_arn(&client, &queue_url).await?;
@@ -195,7 +185,7 @@ async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String, Pr
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| failed(format!("the ARN of {url}"))(chain(&e)))?;
+        .map_err(|e| failed(format!("the ARN of {url}"))(describe(&e)))?;
     attributes
         .attributes
         .and_then(|mut map| map.remove(&QueueAttributeName::QueueArn))
@@ -228,7 +218,7 @@ async fn create_bucket(config: &SdkConfig, bucket: &str) -> Result<(), Provision
         {
             Ok(())
         }
-        Err(e) => Err(failed(format!("bucket {bucket}"))(chain(&e))),
+        Err(e) => Err(failed(format!("bucket {bucket}"))(describe(&e))),
     }
 }
 
@@ -266,7 +256,7 @@ pub async fn create_user_pool(config: &SdkConfig, name: &str) -> Result<UserPool
         )
         .send()
         .await
-        .map_err(|e| failed(format!("user pool {name}"))(chain(&e)))?
+        .map_err(|e| failed(format!("user pool {name}"))(describe(&e)))?
         .user_pool
         .and_then(|pool| pool.id)
         .unwrap_or_default();
@@ -290,7 +280,7 @@ pub async fn create_user_pool(config: &SdkConfig, name: &str) -> Result<UserPool
         )
         .send()
         .await
-        .map_err(|e| failed("the web app client")(chain(&e)))?
+        .map_err(|e| failed("the web app client")(describe(&e)))?
         .user_pool_client
         .and_then(|client| client.client_id)
         .unwrap_or_default();
@@ -322,7 +312,7 @@ pub async fn create_user(
         .message_action(MessageActionType::Suppress)
         .send()
         .await
-        .map_err(|e| failed(format!("user {email}"))(chain(&e)))?;
+        .map_err(|e| failed(format!("user {email}"))(describe(&e)))?;
     client
         .admin_set_user_password()
         .user_pool_id(&pool.pool_id)
@@ -331,6 +321,6 @@ pub async fn create_user(
         .permanent(true)
         .send()
         .await
-        .map_err(|e| failed(format!("the password of {email}"))(chain(&e)))?;
+        .map_err(|e| failed(format!("the password of {email}"))(describe(&e)))?;
     Ok(())
 }

@@ -51,9 +51,7 @@ pub async fn run(
                 continue;
             }
         };
-        let response = function
-            .invoke(LambdaEvent::new(event.clone(), context(timeout)))
-            .await;
+        let response = function.invoke(invocation(event.clone(), timeout)).await;
         match source.settle(&event, &response, None).await {
             Ok(settled) => info!(
                 "worker batch: {} message(s), {} acknowledged, {} to retry",
@@ -66,13 +64,14 @@ pub async fn run(
     }
 }
 
-fn context(timeout: Duration) -> Context {
+/// An invocation of `payload` with `time_left` until its deadline, as Lambda makes it.
+pub fn invocation<T>(payload: T, time_left: Duration) -> LambdaEvent<T> {
     let mut context = Context::default();
     context.request_id = uuid::Uuid::new_v4().to_string();
-    let deadline = SystemTime::now() + timeout;
+    let deadline = SystemTime::now() + time_left;
     context.deadline = deadline
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
-    context
+    LambdaEvent::new(payload, context)
 }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use api::GenerateApi;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_lambda_events::apigw::{
     ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerIamDescription,
     ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest, ApiGatewayV2httpResponse,
@@ -18,8 +18,6 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderValue, Method};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_cognitoidentityprovider::types::{AuthFlowType, AuthenticationResultType};
-use aws_sdk_dynamodb::config::Credentials;
-use lambda_runtime::{Context, LambdaEvent};
 use local::converse::ConverseServer;
 use local::event_source::{Settled, SqsEventSource};
 use local::moto::Moto;
@@ -79,12 +77,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// An SDK configuration aimed at `endpoint`, with fake credentials.
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .load()
-        .await
+    local::moto::sdk_config(endpoint, "us-east-1").await
 }
 
 /// One test's own resources on moto, and the model endpoint.
@@ -327,16 +320,7 @@ pub async fn sign_in(aws: &SdkConfig, client_id: &str, email: &str) -> Authentic
 }
 
 /// A Lambda invocation whose deadline is `deadline_in` from now.
-pub fn lambda_event<T>(payload: T, deadline_in: Duration) -> LambdaEvent<T> {
-    let mut context = Context::default();
-    context.request_id = uuid::Uuid::new_v4().to_string();
-    let deadline = std::time::SystemTime::now() + deadline_in;
-    context.deadline = deadline
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    LambdaEvent::new(payload, context)
-}
+pub use local::worker_loop::invocation as lambda_event;
 
 /// An HTTP API (payload 2.0) event as API Gateway sends it after its JWT authorizer
 /// accepted a token whose `sub` is `user`; `None` is an event with no identity.

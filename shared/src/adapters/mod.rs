@@ -13,7 +13,7 @@ pub use s3::S3ArtifactStore;
 pub use sqs::SqsJobQueue;
 
 /// The full chain of an SDK error, which its `Display` alone hides.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
