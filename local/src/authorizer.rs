@@ -1,12 +1,13 @@
 //! What API Gateway's Cognito JWT authorizer does, for the local gateway: verify the bearer
 //! token's RS256 signature against the user pool's JWKS, its issuer, `token_use == "access"`,
-//! `client_id` and expiry, and hand the claims on.
+//! `client_id`, expiry, `nbf` and `iat`, and hand the claims on.
 //!
 //! moto signs real tokens but stamps the real AWS issuer host while it serves the JWKS
 //! itself, so the issuer and the JWKS address are configured separately.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -29,6 +30,8 @@ pub enum Rejection {
     Invalid(String),
     #[error("the token expired")]
     Expired,
+    #[error("the token is not valid yet (its {0} is in the future)")]
+    NotYetValid(&'static str),
     #[error("the token is an {0:?} token, not an access token")]
     NotAnAccessToken(String),
     #[error("the token was issued to another app client")]
@@ -40,12 +43,18 @@ pub enum Rejection {
 /// Seconds since the epoch; tests move it to expire tokens.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// How often at most an unknown key id makes the authorizer fetch the JWKS again: a stream
+/// of tokens with made-up key ids must not become a stream of fetches.
+pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
 pub struct JwtAuthorizer {
     issuer: String,
     client_id: String,
     jwks_url: String,
     http: reqwest::Client,
     keys: RwLock<Option<JwkSet>>,
+    last_fetch: Mutex<Option<Instant>>,
+    refetch_interval: Duration,
     clock: Clock,
 }
 
@@ -57,12 +66,19 @@ impl JwtAuthorizer {
             jwks_url,
             http: reqwest::Client::new(),
             keys: RwLock::new(None),
+            last_fetch: Mutex::new(None),
+            refetch_interval: JWKS_REFETCH_INTERVAL,
             clock: Arc::new(|| chrono::Utc::now().timestamp().max(0) as u64),
         }
     }
 
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    pub fn with_refetch_interval(mut self, interval: Duration) -> Self {
+        self.refetch_interval = interval;
         self
     }
 
@@ -101,9 +117,18 @@ impl JwtAuthorizer {
             .map_err(|error| Rejection::Invalid(error.to_string()))?
             .claims;
 
+        let now = (self.clock)();
         let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        if expires <= (self.clock)() {
+        if expires <= now {
             return Err(Rejection::Expired);
+        }
+        // As API Gateway: when present, both must be at or before the current time.
+        for name in ["nbf", "iat"] {
+            match claims.get(name) {
+                None => {}
+                Some(value) if value.as_u64().is_some_and(|at| at <= now) => {}
+                Some(_) => return Err(Rejection::NotYetValid(name)),
+            }
         }
         match claims.get("token_use").and_then(Value::as_str) {
             Some("access") => {}
@@ -115,11 +140,18 @@ impl JwtAuthorizer {
         Ok(claims)
     }
 
-    /// The key `kid` from the cached JWKS, fetched again once when the key is not in it
-    /// (as after a key rotation).
+    /// The key `kid` from the cached JWKS, fetched again when the key is not in it (as after
+    /// a key rotation), but at most once per refetch interval.
     async fn key(&self, kid: &str) -> Result<DecodingKey, Rejection> {
         if let Some(key) = self.cached_key(kid).await? {
             return Ok(key);
+        }
+        {
+            let mut last_fetch = self.last_fetch.lock().expect("never poisoned");
+            if last_fetch.is_some_and(|at| at.elapsed() < self.refetch_interval) {
+                return Err(Rejection::UnknownKey(kid.to_owned()));
+            }
+            *last_fetch = Some(Instant::now());
         }
         let keys: JwkSet = self
             .http

@@ -1,75 +1,62 @@
 //! The local HTTP gateway: what API Gateway and CloudFront do when deployed.
 //!
-//! - `/generate`, `/jobs`, `/jobs/{id}`: the JWT authorizer's check, then the request as an
-//!   `ApiGatewayV2httpRequest` (payload 2.0) to the `api` or `status` handler, in process.
-//!   `OPTIONS` is answered here, as API Gateway's CORS configuration does.
+//! - `/generate`, `/jobs`, `/jobs/{id}`: the JWT authorizer's check, then the functions' own
+//!   axum routers, mounted unchanged, with the claims in the request context as API Gateway
+//!   puts them there. Preflights are answered first, as API Gateway's CORS configuration does.
 //! - `/config.json`: the web UI's configuration.
-//! - `/cognito`: Cognito's JSON API (the emulator's), on the UI's own origin.
+//! - `/cognito`: the client-side calls of Cognito's JSON API that the web UI makes (and only
+//!   those), forwarded to the emulator's Cognito, on the UI's own origin.
 //! - everything else: the static files of `web/`.
+//!
+//! It listens on a well-known port, so it assumes that any page in the user's browser can
+//! reach it: it answers only requests addressed to itself by name (no DNS rebinding), sends
+//! the UI with headers that keep it out of frames, and forwards nothing to the emulator but
+//! those Cognito calls.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use api::GenerateApi;
-use aws_lambda_events::apigw::{
-    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription,
-    ApiGatewayV2httpRequest, ApiGatewayV2httpResponse,
-};
-use aws_lambda_events::encodings::Body as LambdaBody;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use pipeline::domain::{ApiError, ErrorCode};
-use pipeline::http::Cors;
-use pipeline::ports::{JobQueue, JobStore, SessionCheck, SubmissionQuota};
-use serde_json::Value;
-use status::StatusApi;
+use lambda_http::aws_lambda_events::apigw::{
+    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription,
+    ApiGatewayV2httpRequestContext,
+};
+use lambda_http::request::RequestContext;
+use lambda_http::tower::ServiceExt;
+use pipeline::http::{ApiError, with_cors};
+use serde_json::{Value, json};
 use tower_http::services::ServeDir;
 use tracing::{info, warn};
 
 use crate::authorizer::{JwtAuthorizer, claims_as_strings};
 
-/// A function behind the gateway: an HTTP API Lambda handler.
-pub trait HttpFunction: Send + Sync + 'static {
-    fn invoke(
-        &self,
-        request: ApiGatewayV2httpRequest,
-    ) -> impl Future<Output = ApiGatewayV2httpResponse> + Send;
-}
+/// The Cognito calls the web UI makes, all of them client-side (no admin call, nothing that
+/// lists users or pools): the only ones `/cognito` forwards.
+pub const COGNITO_ACTIONS: [&str; 8] = [
+    "SignUp",
+    "ConfirmSignUp",
+    "ResendConfirmationCode",
+    "InitiateAuth",
+    "GlobalSignOut",
+    "RevokeToken",
+    "ForgotPassword",
+    "ConfirmForgotPassword",
+];
 
-impl<S, Q, C> HttpFunction for GenerateApi<S, Q, C>
-where
-    S: JobStore + SubmissionQuota + 'static,
-    Q: JobQueue + 'static,
-    C: SessionCheck + 'static,
-{
-    fn invoke(
-        &self,
-        request: ApiGatewayV2httpRequest,
-    ) -> impl Future<Output = ApiGatewayV2httpResponse> + Send {
-        self.handle(request)
-    }
-}
+/// The web UI's Content Security Policy, sent as a header (a `<meta>` tag cannot say
+/// `frame-ancestors`); `web/index.html` carries the same policy for where no header is set.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' https://*.amazonaws.com http://127.0.0.1:* http://localhost:*; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-impl<S: JobStore + 'static> HttpFunction for StatusApi<S> {
-    fn invoke(
-        &self,
-        request: ApiGatewayV2httpRequest,
-    ) -> impl Future<Output = ApiGatewayV2httpResponse> + Send {
-        self.handle(request)
-    }
-}
-
-/// The largest body the gateway hands on; the `api` function itself refuses more than
-/// 256 KiB with the contract's `413`.
-const MAX_FORWARDED_BODY: usize = 8 * 1024 * 1024;
+/// The largest Cognito call forwarded.
+const MAX_COGNITO_BODY: usize = 64 * 1024;
 
 pub struct GatewayConfig {
     pub web_dir: PathBuf,
@@ -77,51 +64,112 @@ pub struct GatewayConfig {
     pub web_config: Value,
     /// Where `/cognito` forwards to (the emulator's endpoint).
     pub cognito_endpoint: String,
+    /// The CORS origin of the API routes (`ALLOWED_ORIGIN`, else the gateway's own).
     pub allowed_origin: String,
+    /// The port the gateway listens on: the only `Host` it answers is `127.0.0.1:PORT` or
+    /// `localhost:PORT`.
+    pub port: u16,
 }
 
-struct Gateway<A, S> {
-    api: A,
-    status: S,
+struct Gateway {
     authorizer: JwtAuthorizer,
-    cors: Cors,
     http: reqwest::Client,
     config: GatewayConfig,
 }
 
-pub fn router<A: HttpFunction, S: HttpFunction>(
-    api: A,
-    status: S,
+/// The gateway in front of the `api` and `status` routers.
+pub fn router(
+    api: Router,
+    status: Router,
     authorizer: JwtAuthorizer,
     config: GatewayConfig,
 ) -> Router {
+    let allowed_origin = config.allowed_origin.clone();
+    let static_files = ServeDir::new(&config.web_dir)
+        .append_index_html_on_directories(true)
+        .not_found_service(get(|| async { ApiError::not_found() }));
     let gateway = Arc::new(Gateway {
-        api,
-        status,
         authorizer,
-        cors: Cors::new(&config.allowed_origin),
         http: reqwest::Client::new(),
         config,
     });
-    let not_found = {
-        let gateway = gateway.clone();
-        move || async move { lambda_to_axum(gateway.cors.error(&ApiError::not_found())) }
+    // The functions' routers see each request whole, path included, as in Lambda: routed
+    // here by a fallback, so that no path parameter of the gateway's reaches them.
+    let functions = Router::new()
+        .fallback(move |request: Request| {
+            let function = if request.uri().path() == "/generate" {
+                api.clone()
+            } else {
+                status.clone()
+            };
+            function.oneshot(request)
+        })
+        .layer(middleware::from_fn_with_state(gateway.clone(), authorize));
+    let functions = with_cors(functions, &allowed_origin);
+    let site = move |request: Request| {
+        let (functions, static_files) = (functions.clone(), static_files.clone());
+        async move {
+            let path = request.uri().path();
+            if path == "/generate" || path == "/jobs" || path.starts_with("/jobs/") {
+                functions.oneshot(request).await.into_response()
+            } else {
+                static_files.oneshot(request).await.into_response()
+            }
+        }
     };
-    let static_files = ServeDir::new(&gateway.config.web_dir)
-        .append_index_html_on_directories(true)
-        .not_found_service(any(not_found));
     Router::new()
-        .route("/config.json", get(web_config::<A, S>))
-        .route("/cognito", post(cognito::<A, S>))
-        .route("/generate", any(to_api::<A, S>))
-        .route("/jobs", any(to_status::<A, S>))
-        .route("/jobs/{*rest}", any(to_status::<A, S>))
-        .fallback_service(static_files)
+        .route("/config.json", get(web_config))
+        .route("/cognito", post(cognito))
+        .with_state(gateway.clone())
+        .fallback(site)
+        .layer(middleware::map_response(hide_server_errors))
+        .layer(middleware::map_response(security_headers))
+        .layer(middleware::from_fn_with_state(gateway, only_our_host))
         .layer(middleware::from_fn(log_request))
-        .with_state(gateway)
 }
 
-async fn web_config<A, S>(State(gateway): State<Arc<Gateway<A, S>>>) -> Response {
+/// API Gateway's JWT authorizer: a valid access token of the pool's app client, or `401`
+/// before any function runs. The claims go into the request context as strings, as
+/// API Gateway passes them.
+async fn authorize(
+    State(gateway): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let claims = match gateway.authorizer.authorize(authorization).await {
+        Ok(claims) => claims,
+        Err(rejection) => {
+            info!(%rejection, "the authorizer refused the request");
+            return ApiError::unauthorized().into_response();
+        }
+    };
+    request
+        .extensions_mut()
+        .insert(RequestContext::ApiGatewayV2(request_context(
+            claims_as_strings(&claims),
+        )));
+    next.run(request).await
+}
+
+/// The part of the event's request context the functions read: the authorizer's claims.
+fn request_context(claims: HashMap<String, String>) -> ApiGatewayV2httpRequestContext {
+    let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
+    jwt.claims = claims;
+    let mut authorizer = ApiGatewayRequestAuthorizer::default();
+    authorizer.jwt = Some(jwt);
+    let mut context = ApiGatewayV2httpRequestContext::default();
+    context.stage = Some("$default".into());
+    context.request_id = Some(uuid::Uuid::new_v4().to_string());
+    context.time_epoch = chrono::Utc::now().timestamp_millis();
+    context.authorizer = Some(authorizer);
+    context
+}
+
+async fn web_config(State(gateway): State<Arc<Gateway>>) -> Response {
     let mut response = Json(gateway.config.web_config.clone()).into_response();
     response
         .headers_mut()
@@ -129,20 +177,45 @@ async fn web_config<A, S>(State(gateway): State<Arc<Gateway<A, S>>>) -> Response
     response
 }
 
-/// Forwards a Cognito JSON API call (`X-Amz-Target` names the action) to the emulator.
-async fn cognito<A, S>(State(gateway): State<Arc<Gateway<A, S>>>, request: Request) -> Response {
-    let target = request.headers().get("x-amz-target").cloned();
-    let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_FORWARDED_BODY).await else {
-        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+/// Forwards one of [`COGNITO_ACTIONS`] to the emulator's Cognito; anything else is `403`.
+async fn cognito(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let action = target
+        .strip_prefix("AWSCognitoIdentityProviderService.")
+        .filter(|action| COGNITO_ACTIONS.contains(action));
+    let Some(action) = action else {
+        warn!(target, "refused a call through the Cognito proxy");
+        let message = format!(
+            "The local gateway forwards only the web UI's own Cognito calls ({}); {} is not one of them.",
+            COGNITO_ACTIONS.join(", "),
+            if target.is_empty() {
+                "a call without X-Amz-Target"
+            } else {
+                target
+            },
+        );
+        return cognito_error(StatusCode::FORBIDDEN, "AccessDeniedException", &message);
     };
-    let mut call = gateway
+    if body.len() > MAX_COGNITO_BODY {
+        let message = format!("A Cognito call may have at most {MAX_COGNITO_BODY} bytes.");
+        return cognito_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "InvalidParameterException",
+            &message,
+        );
+    }
+    let call = gateway
         .http
         .post(&gateway.config.cognito_endpoint)
         .header(header::CONTENT_TYPE, "application/x-amz-json-1.1")
+        .header(
+            "x-amz-target",
+            format!("AWSCognitoIdentityProviderService.{action}"),
+        )
         .body(body);
-    if let Some(target) = target {
-        call = call.header("x-amz-target", target);
-    }
     match call.send().await {
         Ok(answer) => {
             let status =
@@ -157,124 +230,70 @@ async fn cognito<A, S>(State(gateway): State<Arc<Gateway<A, S>>>, request: Reque
         }
         Err(error) => {
             warn!(%error, "the Cognito emulator did not answer");
-            (StatusCode::BAD_GATEWAY, Json(serde_json::json!({
-                "__type": "ServiceUnavailable",
-                "message": "The local Cognito emulator did not answer; is the local stack still running?"
-            }))).into_response()
-        }
-    }
-}
-
-async fn to_api<A: HttpFunction, S>(
-    State(gateway): State<Arc<Gateway<A, S>>>,
-    request: Request,
-) -> Response {
-    gateway.call(&gateway.api, "/generate", request).await
-}
-
-async fn to_status<A, S: HttpFunction>(
-    State(gateway): State<Arc<Gateway<A, S>>>,
-    request: Request,
-) -> Response {
-    let route = if request.uri().path().trim_end_matches('/') == "/jobs" {
-        "/jobs"
-    } else {
-        "/jobs/{id}"
-    };
-    gateway.call(&gateway.status, route, request).await
-}
-
-impl<A, S> Gateway<A, S> {
-    /// The authorizer's check, then the function; its answer as an HTTP response.
-    async fn call<F: HttpFunction>(&self, function: &F, route: &str, request: Request) -> Response {
-        if request.method() == Method::OPTIONS {
-            return lambda_to_axum(self.cors.preflight());
-        }
-        let authorization = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok());
-        let claims = match self.authorizer.authorize(authorization).await {
-            Ok(claims) => claims,
-            Err(rejection) => {
-                info!(%rejection, "the authorizer refused the request");
-                return lambda_to_axum(self.cors.error(&ApiError::unauthorized()));
-            }
-        };
-        match to_event(request, route, claims_as_strings(&claims)).await {
-            Ok(event) => lambda_to_axum(function.invoke(event).await),
-            Err(error) => lambda_to_axum(self.cors.error(&error)),
-        }
-    }
-}
-
-/// The event API Gateway would send for this request, after its authorizer passed it.
-async fn to_event(
-    request: Request,
-    route: &str,
-    claims: std::collections::HashMap<String, String>,
-) -> Result<ApiGatewayV2httpRequest, ApiError> {
-    let (parts, body) = request.into_parts();
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_FORWARDED_BODY)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::PromptTooLong,
-                "The request body is far too large.",
+            cognito_error(
+                StatusCode::BAD_GATEWAY,
+                "ServiceUnavailable",
+                "The local Cognito emulator did not answer; is the local stack still running?",
             )
-        })?;
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().unwrap_or("").to_owned();
-
-    let mut event = ApiGatewayV2httpRequest::default();
-    event.version = Some("2.0".into());
-    event.route_key = Some(format!("{} {route}", parts.method));
-    event.raw_path = Some(path.clone());
-    event.query_string_parameters = query.parse().unwrap_or_default();
-    event.raw_query_string = Some(query);
-    event.headers = parts.headers;
-    if let Some(id) = path.strip_prefix("/jobs/") {
-        event.path_parameters.insert("id".into(), id.to_owned());
-    }
-    if !bytes.is_empty() {
-        match String::from_utf8(bytes.to_vec()) {
-            Ok(text) => event.body = Some(text),
-            Err(_) => {
-                event.body = Some(base64::engine::general_purpose::STANDARD.encode(&bytes));
-                event.is_base64_encoded = true;
-            }
         }
     }
-    let context = &mut event.request_context;
-    context.route_key = event.route_key.clone();
-    context.stage = Some("$default".into());
-    context.request_id = Some(uuid::Uuid::new_v4().to_string());
-    context.time_epoch = chrono::Utc::now().timestamp_millis();
-    context.http.method = parts.method;
-    context.http.path = Some(path);
-    context.http.protocol = Some("HTTP/1.1".into());
-    context.http.source_ip = Some("127.0.0.1".into());
-    let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
-    jwt.claims = claims;
-    let mut authorizer = ApiGatewayRequestAuthorizer::default();
-    authorizer.jwt = Some(jwt);
-    context.authorizer = Some(authorizer);
-    Ok(event)
 }
 
-fn lambda_to_axum(answer: ApiGatewayV2httpResponse) -> Response {
-    let status = u16::try_from(answer.status_code)
-        .ok()
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = match answer.body {
-        Some(LambdaBody::Text(text)) => Body::from(text),
-        Some(LambdaBody::Binary(bytes)) => Body::from(bytes),
-        _ => Body::empty(),
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    *response.headers_mut() = answer.headers;
+/// An error in Cognito's own shape, which the web UI reads.
+fn cognito_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (status, Json(json!({"__type": kind, "message": message}))).into_response()
+}
+
+/// Refuses requests addressed to any other name than `127.0.0.1:PORT` or `localhost:PORT`:
+/// a page on another site that rebinds its own name to 127.0.0.1 gets nothing.
+async fn only_our_host(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let port = gateway.config.port;
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if host == format!("127.0.0.1:{port}") || host == format!("localhost:{port}") {
+        return next.run(request).await;
+    }
+    warn!(host, "refused a request addressed to another host name");
+    let message = format!(
+        "This local gateway answers only requests to http://127.0.0.1:{port} or http://localhost:{port}."
+    );
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({"error": {"code": "forbidden_host", "message": message}})),
+    )
+        .into_response()
+}
+
+/// The headers CloudFront's security headers policy adds when deployed.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let set = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (HeaderName::from_static("x-frame-options"), "DENY"),
+    ];
+    for (name, value) in set {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// A static file name the file system cannot take (too long, odd bytes) makes `ServeDir`
+/// answer an empty `500`; for a caller that is simply nothing there.
+async fn hide_server_errors(response: Response) -> Response {
+    if response.status().is_server_error() && response.headers().get(header::CONTENT_TYPE).is_none()
+    {
+        warn!(status = %response.status(), "a static file could not be served; answered 404");
+        return ApiError::not_found().into_response();
+    }
     response
 }
 

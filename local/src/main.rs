@@ -4,33 +4,38 @@
 //! pool as the template does, starts a Bedrock-compatible model endpoint, runs the worker as
 //! the SQS event source would, and serves the web UI and the API on one port, verifying
 //! Cognito tokens as API Gateway's authorizer does. The functions' own code runs underneath,
-//! through the real AWS SDK clients.
+//! through the real AWS SDK clients. `local-stack token` prints an access token for curl.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use api::GenerateApi;
-use aws_config::{BehaviorVersion, Region};
-use clap::{Parser, ValueEnum};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use local::authorizer::JwtAuthorizer;
 use local::converse::{Backend, ConverseServer, Knobs, OpenAiBackend};
 use local::event_source::SqsEventSource;
 use local::gateway::{self, GatewayConfig};
 use local::moto::Moto;
-use local::provision::{self, Names};
+use local::provision::{self, Names, Resources, UserPool};
 use pipeline::adapters::{
     BedrockTextModel, CognitoSessionCheck, DynamoJobStore, S3ArtifactStore, SqsJobQueue,
 };
 use pipeline::config::Env;
-use pipeline::http::Cors;
-use serde_json::json;
+use serde_json::{Value, json};
 use status::StatusApi;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use worker::Worker;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const DEFAULT_PORT: u16 = 3000;
+const DEMO_EMAIL: &str = "demo@example.com";
+const DEMO_PASSWORD: &str = "Demo-Password-2026!";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Provider {
@@ -46,12 +51,39 @@ enum Provider {
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Model settings (MODEL_ID, ALLOWED_MODEL_IDS, MAX_PROMPT_CHARS, \
-MAX_OUTPUT_TOKENS, JOB_TTL_DAYS, MAX_ATTEMPTS) are read from the environment, as the functions read them."
+    args_conflicts_with_subcommands = true,
+    after_help = "The functions' settings (MODEL_ID, ALLOWED_MODEL_IDS, MAX_PROMPT_CHARS, \
+MAX_OUTPUT_TOKENS, JOB_TTL_DAYS, MAX_JOBS_PER_MINUTE, MAX_ATTEMPTS, ALLOWED_ORIGIN, \
+COGNITO_REVOCATION_CHECK) are read from the environment, as the functions read them."
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints an access token of a user of a running local stack, for curl:
+    /// TOKEN=$(local-stack token)
+    Token {
+        /// The port the local stack serves on.
+        #[arg(long, default_value_t = DEFAULT_PORT)]
+        port: u16,
+        /// The user's e-mail.
+        #[arg(long, default_value = DEMO_EMAIL)]
+        email: String,
+        /// The user's password.
+        #[arg(long, default_value = DEMO_PASSWORD)]
+        password: String,
+    },
+}
+
+#[derive(Debug, Args)]
 struct Options {
-    /// Port of the web UI and the API, on 127.0.0.1.
-    #[arg(long, default_value_t = 3000)]
+    /// Port of the web UI and the API, on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
     /// Use this running AWS emulator instead of starting moto.
     #[arg(long, value_name = "URL")]
@@ -90,10 +122,11 @@ struct Options {
     /// The static web UI to serve.
     #[arg(long, default_value = "web", value_name = "DIR")]
     web_dir: PathBuf,
-    /// The demo user created at start.
-    #[arg(long, default_value = "demo@example.com")]
+    /// E-mail of the demo user created at start.
+    #[arg(long, default_value = DEMO_EMAIL)]
     demo_email: String,
-    #[arg(long, default_value = "Demo-Password-2026!")]
+    /// Password of the demo user (it must meet the pool's password policy).
+    #[arg(long, default_value = DEMO_PASSWORD)]
     demo_password: String,
     /// Region of the emulated resources (and of Bedrock with --model bedrock).
     #[arg(long, default_value = "us-east-1")]
@@ -125,6 +158,14 @@ struct Progress {
 }
 
 impl Progress {
+    fn new(of: usize) -> Self {
+        Self {
+            step: 0,
+            of,
+            started: Instant::now(),
+        }
+    }
+
     fn begin(&mut self, what: &str) {
         self.step += 1;
         self.started = Instant::now();
@@ -138,27 +179,33 @@ impl Progress {
 
 #[tokio::main]
 async fn main() {
-    let options = Options::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_target(false)
+        // Colours only for a person at a terminal, never into a log file or a pipe.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,aws=warn,aws_config=warn,aws_smithy_runtime=warn".into()),
         )
         .init();
-    if let Err(error) = run(options).await {
+    let result = match cli.command {
+        Some(Command::Token {
+            port,
+            email,
+            password,
+        }) => print_token(port, &email, &password).await,
+        None => run(cli.options).await,
+    };
+    if let Err(error) = result {
         eprintln!("\nerror: {error}");
         std::process::exit(1);
     }
 }
 
+/// The whole stack, step by step, until Ctrl-C or SIGTERM.
 async fn run(options: Options) -> Result<(), Error> {
     let started = Instant::now();
-    let mut progress = Progress {
-        step: 0,
-        of: 6,
-        started,
-    };
     if !options.web_dir.join("index.html").is_file() {
         return Err(format!(
             "no web UI at {} (index.html missing): run from the repository's root or give --web-dir",
@@ -166,32 +213,36 @@ async fn run(options: Options) -> Result<(), Error> {
         )
         .into());
     }
+    // The functions' own settings, read from the environment as in Lambda; a bad one stops
+    // the stack before anything starts.
     let env = Env::from_process();
-    let limits = env.limits()?;
-    let address = SocketAddr::from(([127, 0, 0, 1], options.port));
-    // Bind first: a busy port should fail before anything else starts.
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
-        format!(
-            "port {} is not free ({e}); choose another with --port",
-            options.port
-        )
-    })?;
-    let origin = format!("http://{address}");
+    let mut api_settings = api::Settings::from_env(&env)?;
+    let mut status_settings = status::Settings::from_env(&env)?;
+    let mut worker_settings = worker::Settings::from_env(&env)?;
 
+    // Bind first: a busy port should fail before anything else starts.
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], options.port)))
+        .await
+        .map_err(|e| {
+            format!(
+                "port {} is not free ({e}); choose another with --port",
+                options.port
+            )
+        })?;
+    let port = listener.local_addr()?.port();
+    let own_origin = format!("http://127.0.0.1:{port}");
+    for http in [&mut api_settings.http, &mut status_settings.http] {
+        // ALLOWED_ORIGIN is honoured as deployed; unset, the UI's own origin.
+        http.allowed_origin
+            .get_or_insert_with(|| own_origin.clone());
+        http.revocation_check |= options.revocation_check;
+    }
+    // The queue's visibility timeout is the invocation's time, as in the template.
+    worker_settings.write_reserve = Duration::from_secs(options.worker_timeout / 6);
+
+    let mut progress = Progress::new(6);
     progress.begin("AWS emulator (moto)");
-    let (_moto, aws_url) = match &options.aws_endpoint {
-        Some(url) => (None, url.clone()),
-        None => {
-            let workspace = std::env::current_dir()?;
-            let binary = options
-                .moto_server
-                .clone()
-                .unwrap_or_else(|| Moto::find_binary(&workspace));
-            let moto = tokio::task::spawn_blocking(move || Moto::start(&binary)).await??;
-            let url = moto.url().to_owned();
-            (Some(moto), url)
-        }
-    };
+    let (_moto, aws_url) = start_emulator(&options).await?;
     progress.done(&aws_url);
     let aws = local::moto::sdk_config(&aws_url, &options.region).await;
 
@@ -213,120 +264,63 @@ async fn run(options: Options) -> Result<(), Error> {
     progress.done(&format!("pool {}", pool.pool_id));
 
     progress.begin(&format!("model endpoint ({:?})", options.model).to_lowercase());
-    let knobs = Knobs {
-        latency: Duration::from_millis(options.latency_ms),
-        throttle_rate: options.throttle_rate,
-        error_rate: options.error_rate,
-    };
-    let (_converse, bedrock_config) = match options.model {
-        Provider::Bedrock => {
-            let real = aws_config::defaults(BehaviorVersion::latest())
-                .region(Region::new(options.region.clone()))
-                .load()
-                .await;
-            (None, real)
-        }
-        provider => {
-            let backend = match provider {
-                Provider::Openai => Backend::OpenAi(OpenAiBackend {
-                    base_url: options.openai_url.clone(),
-                    default_model: options.openai_model.clone(),
-                    model_map: options.model_map.iter().cloned().collect::<HashMap<_, _>>(),
-                    api_key: options.openai_api_key.clone(),
-                }),
-                _ => Backend::Offline,
-            };
-            let server =
-                ConverseServer::start_with(([127, 0, 0, 1], 0).into(), backend, knobs).await?;
-            let config = aws.to_builder().endpoint_url(server.url()).build();
-            (Some(server), config)
-        }
-    };
-    progress.done(&match options.model {
-        Provider::Offline => "answers instantly, echoing the prompt".to_owned(),
-        Provider::Openai => format!("{} ({})", options.openai_url, options.openai_model),
-        Provider::Bedrock => format!("Amazon Bedrock in {}", options.region),
-    });
+    let (converse, bedrock_config) = start_model_endpoint(&options, &aws).await?;
+    progress.done(&model_summary(&options));
 
-    let store = DynamoJobStore::new(&aws, &resources.table);
     progress.begin("worker (SQS event source)");
     let (stop, stopped) = watch::channel(false);
-    let worker = Worker::new(
-        store.clone(),
-        S3ArtifactStore::new(&aws, &resources.bucket),
-        BedrockTextModel::new(&bedrock_config),
-        worker::Settings {
-            max_attempts: env.positive("MAX_ATTEMPTS", 3)?,
-            write_reserve: Duration::from_secs(options.worker_timeout / 6),
-        },
+    let store = DynamoJobStore::new(&aws, &resources.table);
+    let worker_task = start_worker(
+        &options,
+        &aws,
+        &resources,
+        &bedrock_config,
+        worker_settings,
+        stopped,
     );
-    let source = SqsEventSource::new(&aws, &resources.queue_url, &resources.queue_arn);
-    let worker_timeout = Duration::from_secs(options.worker_timeout);
-    let worker_task = {
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            local::worker_loop::run(&source, &worker, worker_timeout, stopped).await;
-        })
-    };
     progress.done(&format!(
         "batches of up to 10, {} s per invocation",
         options.worker_timeout
     ));
 
     progress.begin("gateway (web UI and API)");
-    let api = GenerateApi::new(
-        store.clone(),
-        SqsJobQueue::new(&aws, &resources.queue_url),
-        options
-            .revocation_check
-            .then(|| CognitoSessionCheck::new(&aws)),
-        api::Settings {
-            limits: limits.clone(),
-            job_ttl: chrono::Duration::days(env.positive("JOB_TTL_DAYS", 30)?),
-            cors: Cors::new(&origin),
-            jobs_per_minute: env.optional_positive("MAX_JOBS_PER_MINUTE")?,
-            clock: chrono::Utc::now,
-        },
-    );
-    let status = StatusApi::new(store.clone(), &resources.bucket, Cors::new(&origin));
-    let authorizer = JwtAuthorizer::new(
-        format!(
-            "https://cognito-idp.{}.amazonaws.com/{}",
-            options.region, pool.pool_id
+    let sessions = || Some(CognitoSessionCheck::new(&aws));
+    let api = api::router(
+        GenerateApi::new(
+            store.clone(),
+            SqsJobQueue::new(&aws, &resources.queue_url),
+            api_settings.clone(),
         ),
-        pool.client_id.clone(),
-        format!("{aws_url}/{}/.well-known/jwks.json", pool.pool_id),
+        sessions().filter(|_| api_settings.http.revocation_check),
     );
-    let web_config = json!({
-        "apiUrl": origin,
-        "region": options.region,
-        "cognitoEndpoint": format!("{origin}/cognito"),
-        "userPoolId": pool.pool_id,
-        "userPoolClientId": pool.client_id,
-        "models": limits.allowed_models,
-        "defaultModel": limits.default_model,
-        "maxOutputTokens": limits.max_output_tokens,
-        "local": true,
-    });
+    let status = status::router(
+        StatusApi::new(store, &resources.bucket, status_settings.clone()),
+        sessions().filter(|_| status_settings.http.revocation_check),
+    );
     let app = gateway::router(
         api,
         status,
-        authorizer,
+        authorizer(&options, &aws_url, &pool),
         GatewayConfig {
             web_dir: options.web_dir.clone(),
-            web_config,
+            web_config: web_config(&options, &own_origin, &pool, &api_settings),
             cognito_endpoint: format!("{aws_url}/"),
-            allowed_origin: origin.clone(),
+            allowed_origin: api_settings.http.origin().to_owned(),
+            port,
         },
     );
-    progress.done(&origin);
+    progress.done(&own_origin);
 
     eprintln!(
-        "\nReady in {:.1} s. Open {origin} and sign in as {} with password {}\n\
+        "\nReady in {:.1} s. Open {own_origin} and sign in as {} with password {}\n\
          (or sign up: the emulator accepts any confirmation code). Ctrl-C stops everything.\n",
         started.elapsed().as_secs_f64(),
         options.demo_email,
         options.demo_password,
+    );
+    eprintln!(
+        "{}",
+        exports(&options, &aws_url, &resources, converse.as_ref(), port)
     );
 
     axum::serve(listener, app)
@@ -337,6 +331,210 @@ async fn run(options: Options) -> Result<(), Error> {
     let _ = worker_task.await;
     eprintln!("stopped.");
     Ok(())
+}
+
+/// moto as a child process, or the emulator given by `--aws-endpoint`.
+async fn start_emulator(options: &Options) -> Result<(Option<Moto>, String), Error> {
+    if let Some(url) = &options.aws_endpoint {
+        return Ok((None, url.clone()));
+    }
+    let binary = options
+        .moto_server
+        .clone()
+        .unwrap_or_else(|| Moto::find_binary(&std::env::current_dir().unwrap_or_default()));
+    let moto = tokio::task::spawn_blocking(move || Moto::start(&binary)).await??;
+    let url = moto.url().to_owned();
+    Ok((Some(moto), url))
+}
+
+/// The Converse endpoint the worker calls: ours (offline or forwarding to an
+/// OpenAI-compatible server), or the real Bedrock with the user's own credentials.
+async fn start_model_endpoint(
+    options: &Options,
+    aws: &SdkConfig,
+) -> Result<(Option<ConverseServer>, SdkConfig), Error> {
+    let backend = match options.model {
+        Provider::Bedrock => {
+            let real = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(options.region.clone()))
+                .load()
+                .await;
+            return Ok((None, real));
+        }
+        Provider::Openai => Backend::OpenAi(OpenAiBackend {
+            base_url: options.openai_url.clone(),
+            default_model: options.openai_model.clone(),
+            model_map: options.model_map.iter().cloned().collect::<HashMap<_, _>>(),
+            api_key: options.openai_api_key.clone(),
+        }),
+        Provider::Offline => Backend::Offline,
+    };
+    let knobs = Knobs {
+        latency: Duration::from_millis(options.latency_ms),
+        throttle_rate: options.throttle_rate,
+        error_rate: options.error_rate,
+    };
+    let server = ConverseServer::start_with(([127, 0, 0, 1], 0).into(), backend, knobs).await?;
+    let config = aws.to_builder().endpoint_url(server.url()).build();
+    Ok((Some(server), config))
+}
+
+/// What answers the prompts, and which fault knobs are turned.
+fn model_summary(options: &Options) -> String {
+    let provider = match options.model {
+        Provider::Offline => "answers instantly, echoing the prompt".to_owned(),
+        Provider::Openai => format!("{} ({})", options.openai_url, options.openai_model),
+        Provider::Bedrock => return format!("Amazon Bedrock in {}", options.region),
+    };
+    let mut faults = Vec::new();
+    if options.latency_ms > 0 {
+        faults.push(format!("+{} ms latency", options.latency_ms));
+    }
+    if options.throttle_rate > 0.0 {
+        faults.push(format!("{}% throttled", options.throttle_rate * 100.0));
+    }
+    if options.error_rate > 0.0 {
+        faults.push(format!("{}% refused", options.error_rate * 100.0));
+    }
+    if faults.is_empty() {
+        provider
+    } else {
+        format!("{provider}; faults: {}", faults.join(", "))
+    }
+}
+
+/// The worker, invoked by a loop that plays the SQS event source mapping.
+fn start_worker(
+    options: &Options,
+    aws: &SdkConfig,
+    resources: &Resources,
+    bedrock: &SdkConfig,
+    settings: worker::Settings,
+    stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let worker = Worker::new(
+        DynamoJobStore::new(aws, &resources.table),
+        S3ArtifactStore::new(aws, &resources.bucket),
+        BedrockTextModel::new(bedrock),
+        settings,
+    );
+    let source = SqsEventSource::new(aws, &resources.queue_url, &resources.queue_arn);
+    let timeout = Duration::from_secs(options.worker_timeout);
+    tokio::spawn(async move {
+        local::worker_loop::run(&source, &worker, timeout, stopped).await;
+    })
+}
+
+/// API Gateway's JWT authorizer for the pool's app client. moto stamps the real AWS issuer
+/// host in its tokens while it serves the JWKS itself.
+fn authorizer(options: &Options, aws_url: &str, pool: &UserPool) -> JwtAuthorizer {
+    JwtAuthorizer::new(
+        format!(
+            "https://cognito-idp.{}.amazonaws.com/{}",
+            options.region, pool.pool_id
+        ),
+        pool.client_id.clone(),
+        format!("{aws_url}/{}/.well-known/jwks.json", pool.pool_id),
+    )
+}
+
+/// The web UI's `config.json`, as the deploy script writes it from the stack's outputs.
+fn web_config(options: &Options, origin: &str, pool: &UserPool, api: &api::Settings) -> Value {
+    json!({
+        "apiUrl": origin,
+        "region": options.region,
+        "cognitoEndpoint": format!("{origin}/cognito"),
+        "userPoolId": pool.pool_id,
+        "userPoolClientId": pool.client_id,
+        "models": api.limits.allowed_models,
+        "defaultModel": api.limits.default_model,
+        "maxOutputTokens": api.limits.max_output_tokens,
+        "local": true,
+    })
+}
+
+/// Ready-to-paste lines that aim a function (`cargo lambda watch`), the AWS CLI or curl at
+/// this stack.
+fn exports(
+    options: &Options,
+    aws_url: &str,
+    resources: &Resources,
+    converse: Option<&ConverseServer>,
+    port: u16,
+) -> String {
+    let mut lines = vec![
+        "To aim a function (cargo lambda watch) or the AWS CLI at this stack, paste:".to_owned(),
+        format!(
+            "  export AWS_ENDPOINT_URL={aws_url} AWS_REGION={} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local",
+            options.region
+        ),
+        format!(
+            "  export JOBS_TABLE={} JOBS_QUEUE_URL={} ARTIFACTS_BUCKET={}",
+            resources.table, resources.queue_url, resources.bucket
+        ),
+    ];
+    if let Some(converse) = converse {
+        lines.push(format!(
+            "  export AWS_ENDPOINT_URL_BEDROCK_RUNTIME={}",
+            converse.url()
+        ));
+    }
+    let port_option = if port == DEFAULT_PORT {
+        String::new()
+    } else {
+        format!(" --port {port}")
+    };
+    lines.push(format!(
+        "An access token for curl: TOKEN=$(cargo run -q -p local --bin local-stack -- token{port_option})"
+    ));
+    lines.join("\n")
+}
+
+/// `local-stack token`: signs a user in through the running stack's Cognito proxy, exactly
+/// as the web UI does, and prints the access token.
+async fn print_token(port: u16, email: &str, password: &str) -> Result<(), Error> {
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let not_running = |error: reqwest::Error| {
+        format!(
+            "no local stack answers at {base} ({error}); start it with ./scripts/dev.sh, or give --port"
+        )
+    };
+    let config: Value = http
+        .get(format!("{base}/config.json"))
+        .send()
+        .await
+        .map_err(not_running)?
+        .json()
+        .await
+        .map_err(not_running)?;
+    let answer = http
+        .post(format!("{base}/cognito"))
+        .header(
+            "x-amz-target",
+            "AWSCognitoIdentityProviderService.InitiateAuth",
+        )
+        .header("content-type", "application/x-amz-json-1.1")
+        .json(&json!({
+            "AuthFlow": "USER_PASSWORD_AUTH",
+            "ClientId": config["userPoolClientId"],
+            "AuthParameters": {"USERNAME": email, "PASSWORD": password},
+        }))
+        .send()
+        .await
+        .map_err(not_running)?;
+    let body: Value = answer.json().await.map_err(not_running)?;
+    match body["AuthenticationResult"]["AccessToken"].as_str() {
+        Some(token) => {
+            println!("{token}");
+            Ok(())
+        }
+        None => Err(format!(
+            "Cognito did not sign {email} in: {}",
+            body["message"].as_str().unwrap_or("no reason given")
+        )
+        .into()),
+    }
 }
 
 /// Ctrl-C or SIGTERM.
@@ -354,4 +552,26 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_says_what_it_is_for() {
+        Cli::command().debug_assert();
+        let command = Cli::command();
+        let subcommands = command.get_subcommands().collect::<Vec<_>>();
+        for owner in std::iter::once(&command).chain(subcommands) {
+            for argument in owner.get_arguments() {
+                let id = argument.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(argument.get_help().is_some(), "--{id} has no description");
+            }
+        }
+    }
 }

@@ -102,7 +102,7 @@ pub struct ModelRequest {
     pub prompt: String,
     pub system: Option<String>,
     pub max_tokens: u32,
-    pub temperature: Option<f64>,
+    pub temperature: Option<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

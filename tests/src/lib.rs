@@ -18,6 +18,10 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderValue, Method};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_cognitoidentityprovider::types::{AuthFlowType, AuthenticationResultType};
+use axum::Router;
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::ServiceExt;
+use lambda_http::{Adapter, Context, LambdaEvent};
 use local::converse::ConverseServer;
 use local::event_source::{Settled, SqsEventSource};
 use local::moto::Moto;
@@ -26,7 +30,7 @@ use pipeline::adapters::{
     BedrockTextModel, CognitoSessionCheck, DynamoJobStore, S3ArtifactStore, SqsJobQueue,
 };
 use pipeline::domain::Limits;
-use pipeline::http::Cors;
+use pipeline::http::HttpSettings;
 use serde_json::Value;
 use status::StatusApi;
 use worker::Worker;
@@ -37,8 +41,6 @@ pub const ORIGIN: &str = "https://app.example";
 pub const MAX_PROMPT_CHARS: usize = 1_000;
 pub const MAX_ATTEMPTS: u32 = 3;
 
-pub type Api = GenerateApi<DynamoJobStore, SqsJobQueue, CognitoSessionCheck>;
-pub type Status = StatusApi<DynamoJobStore>;
 pub type JobWorker = Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel>;
 
 /// The moto server of this test binary: `MOTO_ENDPOINT` if set, else one of our own,
@@ -125,36 +127,50 @@ impl Stack {
                 allowed_models: vec![DEFAULT_MODEL.into(), OTHER_MODEL.into()],
             },
             job_ttl: chrono::Duration::days(30),
-            cors: Cors::new(ORIGIN),
             jobs_per_minute: None,
+            http: http_settings(),
             clock: chrono::Utc::now,
         }
     }
 
-    pub fn api(&self) -> Api {
+    /// The api function's router, as `lambda_http` runs it.
+    pub fn api(&self) -> Router {
         self.api_with_queue(&self.resources.queue_url)
     }
 
-    pub fn api_with_queue(&self, queue_url: &str) -> Api {
-        GenerateApi::new(
+    pub fn api_with_queue(&self, queue_url: &str) -> Router {
+        self.api_with(queue_url, self.api_settings(), None)
+    }
+
+    pub fn api_with_settings(&self, settings: api::Settings) -> Router {
+        self.api_with(&self.resources.queue_url, settings, None)
+    }
+
+    pub fn api_with(
+        &self,
+        queue_url: &str,
+        settings: api::Settings,
+        sessions: Option<CognitoSessionCheck>,
+    ) -> Router {
+        let api = GenerateApi::new(
             self.store(),
             SqsJobQueue::new(&self.aws, queue_url),
-            None,
-            self.api_settings(),
-        )
-    }
-
-    pub fn api_with_settings(&self, settings: api::Settings) -> Api {
-        GenerateApi::new(
-            self.store(),
-            SqsJobQueue::new(&self.aws, &self.resources.queue_url),
-            None,
             settings,
-        )
+        );
+        api::router(api, sessions)
     }
 
-    pub fn status(&self) -> Status {
-        StatusApi::new(self.store(), &self.resources.bucket, Cors::new(ORIGIN))
+    /// The status function's router, as `lambda_http` runs it.
+    pub fn status(&self) -> Router {
+        self.status_with(None)
+    }
+
+    pub fn status_with(&self, sessions: Option<CognitoSessionCheck>) -> Router {
+        let settings = status::Settings {
+            http: http_settings(),
+        };
+        let status = StatusApi::new(self.store(), &self.resources.bucket, settings);
+        status::router(status, sessions)
     }
 
     pub fn model(&self) -> BedrockTextModel {
@@ -300,6 +316,33 @@ impl Stack {
     }
 }
 
+fn http_settings() -> HttpSettings {
+    HttpSettings {
+        allowed_origin: Some(ORIGIN.into()),
+        revocation_check: false,
+    }
+}
+
+/// Invokes an HTTP function's router with an API Gateway event, through the adapter that
+/// `lambda_http::run` puts around it in Lambda: the event becomes an HTTP request, and the
+/// router's answer the payload-2.0 response, serialized as the runtime sends it.
+pub trait HttpFunction {
+    fn handle(
+        &self,
+        event: ApiGatewayV2httpRequest,
+    ) -> impl std::future::Future<Output = ApiGatewayV2httpResponse>;
+}
+
+impl HttpFunction for Router {
+    async fn handle(&self, event: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+        let adapter: Adapter<'_, _, _> = Adapter::from(self.clone());
+        let invocation = LambdaEvent::new(LambdaRequest::ApiGatewayV2(event), Context::default());
+        let Ok(response) = adapter.oneshot(invocation).await;
+        let json = serde_json::to_value(response).expect("responses serialize");
+        serde_json::from_value(json).expect("an HTTP API function answers in payload 2.0")
+    }
+}
+
 /// A password that satisfies the template's password policy.
 pub const PASSWORD: &str = "Correct-Horse-Battery-9!";
 
@@ -392,5 +435,9 @@ pub fn assert_error(response: &ApiGatewayV2httpResponse, status: i64, code: &str
     assert_eq!(response.headers["access-control-allow-origin"], ORIGIN);
     let message = body["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.len() > 10, "a sentence for a person: {message:?}");
+    assert!(
+        !message.contains('`'),
+        "people read it as it is, no markup: {message:?}"
+    );
     message
 }

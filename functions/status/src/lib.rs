@@ -1,24 +1,28 @@
 //! `GET /jobs/{id}` and `GET /jobs`: the caller's own jobs, never anyone else's.
 
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use aws_lambda_events::http::Method;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::{any, get};
+use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pipeline::config::{ConfigError, Env};
-use pipeline::domain::{ApiError, JobId, Owner, parse_timestamp};
-use pipeline::http::{self, Cors, JobView};
-use pipeline::ports::{JobStore, PageCursor, Unavailable};
+use pipeline::domain::{JobId, parse_timestamp};
+use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView};
+use pipeline::ports::{JobStore, PageCursor, SessionCheck};
 use serde::{Deserialize, Serialize};
-use tracing::error;
 
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 pub const MAX_PAGE_SIZE: usize = 100;
 
+/// The function's environment (see the configuration table in `docs/contract.md`).
 #[derive(Clone, Debug)]
 pub struct Config {
     pub table: String,
     pub artifacts_bucket: String,
-    pub cors: Cors,
+    pub settings: Settings,
 }
 
 impl Config {
@@ -26,15 +30,84 @@ impl Config {
         Ok(Self {
             table: env.required("JOBS_TABLE")?,
             artifacts_bucket: env.required("ARTIFACTS_BUCKET")?,
-            cors: Cors::new(&env.allowed_origin()),
+            settings: Settings::from_env(env)?,
         })
     }
 }
 
+/// What the handlers need to know; the local stack reads it the same way.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub http: HttpSettings,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            http: HttpSettings::from_env(env)?,
+        })
+    }
+}
+
+/// The handlers' state, generic over the job store.
 pub struct StatusApi<S> {
     store: S,
     artifacts_bucket: String,
-    cors: Cors,
+    settings: Settings,
+}
+
+impl<S: JobStore> StatusApi<S> {
+    pub fn new(store: S, artifacts_bucket: impl Into<String>, settings: Settings) -> Self {
+        Self {
+            store,
+            artifacts_bucket: artifacts_bucket.into(),
+            settings,
+        }
+    }
+}
+
+/// The function: `GET /jobs/{id}` and `GET /jobs`, behind the revocation check when
+/// `sessions` is given. Deployed, it is also the HTTP API's `$default` route, so it answers
+/// every path the API does not route elsewhere, `/generate` with a method other than POST
+/// among them.
+pub fn router<S, C>(status: StatusApi<S>, sessions: Option<C>) -> Router
+where
+    S: JobStore + 'static,
+    C: SessionCheck + 'static,
+{
+    let http = status.settings.http.clone();
+    let routes = Router::new()
+        .route("/jobs", get(list::<S>))
+        .route("/jobs/{id}", get(job::<S>))
+        .route(
+            "/generate",
+            any(|| async { ApiError::method_not_allowed("POST") }),
+        )
+        .with_state(Arc::new(status));
+    http::finish(routes, &http, sessions)
+}
+
+async fn job<S: JobStore>(
+    State(status): State<Arc<StatusApi<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    // Not a UUID, not there, or someone else's: all the same `404`, so that nobody learns
+    // whether another user's job exists.
+    let id = JobId::parse(&id).ok_or_else(ApiError::job_not_found)?;
+    let job = status
+        .store
+        .get(id)
+        .await?
+        .filter(|job| job.owner == caller.owner)
+        .ok_or_else(ApiError::job_not_found)?;
+    Ok(Json(JobView::of(&job, &status.artifacts_bucket)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -43,95 +116,39 @@ struct JobList {
     next_cursor: Option<String>,
 }
 
-impl<S: JobStore> StatusApi<S> {
-    pub fn new(store: S, artifacts_bucket: impl Into<String>, cors: Cors) -> Self {
-        Self {
-            store,
-            artifacts_bucket: artifacts_bucket.into(),
-            cors,
-        }
-    }
-
-    pub async fn handle(&self, request: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        http::answer(&self.cors, &request, self.route(&request)).await
-    }
-
-    async fn route(
-        &self,
-        request: &ApiGatewayV2httpRequest,
-    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
-        let path = http::path(request);
-        let job_id = match path.strip_prefix("/jobs") {
-            Some("") => None,
-            Some(rest) => match rest.strip_prefix('/').filter(|id| !id.contains('/')) {
-                Some(id) => Some(id),
-                None => return Err(ApiError::not_found()),
-            },
-            None => return Err(ApiError::not_found()),
-        };
-        if *http::method(request) != Method::GET {
-            return Err(ApiError::method_not_allowed("GET"));
-        }
-        let owner = http::caller(request)
-            .ok_or_else(ApiError::unauthorized)?
-            .owner;
-        match job_id {
-            Some(id) => self.job(&owner, id).await,
-            None => self.list(&owner, request).await,
-        }
-    }
-
-    async fn job(&self, owner: &Owner, id: &str) -> Result<ApiGatewayV2httpResponse, ApiError> {
-        // Not a UUID, not there, or someone else's: all the same `404`, so that nobody learns
-        // whether another user's job exists.
-        let id = JobId::parse(id).ok_or_else(ApiError::job_not_found)?;
-        let job = self
-            .store
-            .get(id)
-            .await
-            .map_err(unavailable)?
-            .filter(|job| job.owner == *owner)
-            .ok_or_else(ApiError::job_not_found)?;
-        Ok(self
-            .cors
-            .json(200, &JobView::of(&job, &self.artifacts_bucket)))
-    }
-
-    async fn list(
-        &self,
-        owner: &Owner,
-        request: &ApiGatewayV2httpRequest,
-    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
-        let limit = match http::query(request, "limit") {
-            None => DEFAULT_PAGE_SIZE,
-            Some(text) => text
-                .parse()
-                .ok()
-                .filter(|limit| (1..=MAX_PAGE_SIZE).contains(limit))
-                .ok_or_else(|| {
-                    ApiError::invalid_request(format!(
-                        "Query parameter `limit` must be a whole number from 1 to {MAX_PAGE_SIZE}."
-                    ))
-                })?,
-        };
-        let cursor = http::query(request, "cursor")
-            .map(decode_cursor)
-            .transpose()?;
-        let page = self
-            .store
-            .list(owner, limit, cursor.as_ref())
-            .await
-            .map_err(unavailable)?;
-        let body = JobList {
-            jobs: page
-                .jobs
-                .iter()
-                .map(|job| JobView::summary(job, &self.artifacts_bucket))
-                .collect(),
-            next_cursor: page.next.as_ref().map(encode_cursor),
-        };
-        Ok(self.cors.json(200, &body))
-    }
+async fn list<S: JobStore>(
+    State(status): State<Arc<StatusApi<S>>>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        ApiError::invalid_request("The query string could not be read; use limit and cursor.")
+    })?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE_SIZE,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|limit| (1..=MAX_PAGE_SIZE).contains(limit))
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "Query parameter limit must be a whole number from 1 to {MAX_PAGE_SIZE}."
+                ))
+            })?,
+    };
+    let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let page = status
+        .store
+        .list(&caller.owner, limit, cursor.as_ref())
+        .await?;
+    Ok(Json(JobList {
+        jobs: page
+            .jobs
+            .iter()
+            .map(|job| JobView::summary(job, &status.artifacts_bucket))
+            .collect(),
+        next_cursor: page.next.as_ref().map(encode_cursor),
+    }))
 }
 
 /// The cursor's inside; callers see only its opaque base64url form.
@@ -165,13 +182,8 @@ fn decode_cursor(text: &str) -> Result<PageCursor, ApiError> {
 
 fn bad_cursor() -> ApiError {
     ApiError::invalid_request(
-        "Query parameter `cursor` is not one this API issued; pass the `next_cursor` of the previous page.",
+        "Query parameter cursor is not one this API issued; pass the next_cursor of the previous page.",
     )
-}
-
-fn unavailable(cause: Unavailable) -> ApiError {
-    error!(%cause, "dependency failed; answered 503");
-    ApiError::unavailable()
 }
 
 #[cfg(test)]
@@ -199,7 +211,7 @@ mod tests {
         ));
         for bad in ["", "!!!", "e30", not_a_uuid.as_str(), not_a_time.as_str()] {
             let error = decode_cursor(bad).unwrap_err();
-            assert!(error.message.contains("`cursor`"), "{bad}");
+            assert!(error.message.contains("cursor is not one"), "{bad}");
         }
     }
 }

@@ -1,22 +1,16 @@
 //! The `status` Lambda: `GET /jobs/{id}` and `GET /jobs`.
 
-use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
-use lambda_runtime::{Error, LambdaEvent, service_fn};
-use pipeline::adapters::DynamoJobStore;
+use pipeline::adapters::{CognitoSessionCheck, DynamoJobStore};
 use status::{Config, StatusApi};
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_http::Error> {
     let (config, aws) = pipeline::init(Config::from_env).await?;
+    let sessions = (config.settings.http.revocation_check).then(|| CognitoSessionCheck::new(&aws));
     let status = StatusApi::new(
         DynamoJobStore::new(&aws, config.table),
         config.artifacts_bucket,
-        config.cors,
+        config.settings,
     );
-    lambda_runtime::run(service_fn(
-        |event: LambdaEvent<ApiGatewayV2httpRequest>| async {
-            Ok::<_, Error>(status.handle(event.payload).await)
-        },
-    ))
-    .await
+    lambda_http::run(status::router(status, sessions)).await
 }

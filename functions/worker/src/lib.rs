@@ -38,10 +38,17 @@ impl Config {
         Ok(Self {
             table: env.required("JOBS_TABLE")?,
             artifacts_bucket: env.required("ARTIFACTS_BUCKET")?,
-            settings: Settings {
-                max_attempts: env.positive("MAX_ATTEMPTS", 3)?,
-                write_reserve: Duration::from_secs(5),
-            },
+            settings: Settings::from_env(env)?,
+        })
+    }
+}
+
+impl Settings {
+    /// `MAX_ATTEMPTS`; the local stack reads it the same way.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_attempts: env.positive("MAX_ATTEMPTS", 3)?,
+            write_reserve: Duration::from_secs(5),
         })
     }
 }

@@ -40,7 +40,7 @@ impl TextModel for BedrockTextModel {
             .map_err(|error| ModelError::Permanent(error.to_string()))?;
         let inference = InferenceConfiguration::builder()
             .max_tokens(i32::try_from(request.max_tokens).unwrap_or(i32::MAX))
-            .set_temperature(request.temperature.map(|t| t as f32))
+            .set_temperature(request.temperature)
             .build();
         let output = self
             .client

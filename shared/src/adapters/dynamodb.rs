@@ -317,7 +317,7 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
                 .number::<u32>("max_tokens")
                 .map_err(corrupt)?
                 .ok_or_else(|| corrupt("max_tokens is missing".into()))?,
-            temperature: record.number::<f64>("temperature").map_err(corrupt)?,
+            temperature: record.number::<f32>("temperature").map_err(corrupt)?,
             system: record.text("system").map(str::to_owned),
         },
         created_at: required_time("created_at")?,

@@ -23,7 +23,7 @@ pub struct ArtifactRequest {
     pub system: Option<String>,
     pub max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
+    pub temperature: Option<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -4,7 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{ApiError, GenerateRequest};
+use super::{GenerateRequest, RequestError};
 
 /// A job's id: a lower-case UUID v4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,10 +65,10 @@ pub struct IdempotencyKey(String);
 impl IdempotencyKey {
     pub const MAX_LEN: usize = 128;
 
-    pub fn parse(text: &str) -> Result<Self, ApiError> {
+    pub fn parse(text: &str) -> Result<Self, RequestError> {
         let printable = text.bytes().all(|b| (0x20..=0x7e).contains(&b));
         if text.is_empty() || text.len() > Self::MAX_LEN || !printable {
-            return Err(ApiError::invalid_request(format!(
+            return Err(RequestError::invalid_request(format!(
                 "Idempotency-Key must be 1 to {} printable ASCII characters.",
                 Self::MAX_LEN
             )));

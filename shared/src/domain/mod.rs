@@ -9,7 +9,7 @@ mod request;
 mod time;
 
 pub use artifact::{Artifact, ArtifactRequest, ArtifactResponse};
-pub use error::{ApiError, ErrorCode};
+pub use error::{ErrorCode, RequestError};
 pub use job::{
     Completion, FailureCode, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Owner, Transition,
     Usage,

@@ -1,225 +1,129 @@
-//! The edge between API Gateway (HTTP API, payload 2.0) events and the handlers: who is
-//! calling, what they sent, and JSON answers with CORS headers.
+//! The edge between HTTP and the handlers, shared by the HTTP functions: who is calling, the
+//! contract's error answers, CORS, panics, and what every router does around its routes.
+//!
+//! Each HTTP function is one axum [`Router`]; `lambda_http` runs it in Lambda (turning API
+//! Gateway's payload-2.0 events into requests) and the local gateway mounts it unchanged.
 
+mod body;
+mod caller;
+mod error;
 mod views;
 
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use aws_lambda_events::encodings::Body;
-use aws_lambda_events::http::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, HeaderName, VARY,
-};
-use aws_lambda_events::http::{HeaderValue, Method};
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
 
-use base64::Engine;
-use futures::FutureExt;
-use serde::Serialize;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::domain::{ApiError, ErrorCode, Owner};
+use crate::config::{ConfigError, Env};
+use crate::domain::ErrorCode;
+use crate::ports::SessionCheck;
 
+pub use body::TextBody;
+pub use caller::{Caller, require_live_session};
+pub use error::{ApiError, status_of};
 pub use views::{ArtifactLocation, ErrorView, JobLinks, JobView, SubmittedJob, location};
 
 /// The largest request body accepted (`413` above it).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The signed-in caller, as the authorizer vouched for it.
+/// The request headers a browser may send across origins.
+pub const ALLOWED_HEADERS: [HeaderName; 3] = [
+    AUTHORIZATION,
+    CONTENT_TYPE,
+    HeaderName::from_static("idempotency-key"),
+];
+
+/// What every HTTP function reads from the environment the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub owner: Owner,
-    /// The Cognito access token, for the optional revocation check. None for IAM callers.
-    pub access_token: Option<String>,
+pub struct HttpSettings {
+    /// `ALLOWED_ORIGIN`; unset, any origin in Lambda, the gateway's own origin locally.
+    pub allowed_origin: Option<String>,
+    /// `COGNITO_REVOCATION_CHECK`: ask Cognito whether each access token is still valid.
+    pub revocation_check: bool,
 }
 
-/// The identity that API Gateway's authorizer (or the local gateway) put in the event:
-/// the JWT's `sub`, or the IAM caller's principal ARN.
-pub fn caller(request: &ApiGatewayV2httpRequest) -> Option<Caller> {
-    let authorizer = request.request_context.authorizer.as_ref()?;
-    let sub = authorizer
-        .jwt
-        .as_ref()
-        .and_then(|jwt| jwt.claims.get("sub"))
-        .filter(|sub| !sub.is_empty());
-    if let Some(sub) = sub {
-        let access_token = header(request, "authorization").map(|value| {
-            let token = value.strip_prefix("Bearer ").unwrap_or(value);
-            token.trim().to_owned()
-        });
-        return Some(Caller {
-            owner: Owner::new(sub),
-            access_token,
-        });
+impl HttpSettings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            allowed_origin: env.optional("ALLOWED_ORIGIN"),
+            revocation_check: env.parsed_or("COGNITO_REVOCATION_CHECK", false, "true or false")?,
+        })
     }
-    let arn = authorizer
-        .iam
-        .as_ref()
-        .and_then(|iam| iam.user_arn.as_deref())
-        .filter(|arn| !arn.is_empty())?;
-    Some(Caller {
-        owner: Owner::new(arn),
-        access_token: None,
-    })
+
+    pub fn origin(&self) -> &str {
+        self.allowed_origin.as_deref().unwrap_or("*")
+    }
 }
 
-pub fn method(request: &ApiGatewayV2httpRequest) -> &Method {
-    &request.request_context.http.method
-}
-
-/// The request path without the stage prefix (`/prod/jobs` → `/jobs`) or a trailing slash.
-pub fn path(request: &ApiGatewayV2httpRequest) -> &str {
-    let raw = request
-        .raw_path
-        .as_deref()
-        .or(request.request_context.http.path.as_deref())
-        .unwrap_or("/");
-    let without_stage = match request.request_context.stage.as_deref() {
-        Some(stage) if stage != "$default" => raw
-            .strip_prefix('/')
-            .and_then(|rest| rest.strip_prefix(stage))
-            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-            .unwrap_or(raw),
-        _ => raw,
+/// Wraps a function's routes in what every HTTP function does: the revocation check on every
+/// route (when `sessions` is given), the contract's `404` and `405` (with `Allow`), the body
+/// limit, a `500 internal` for a panic instead of a bare gateway error, and CORS.
+pub fn finish<C: SessionCheck + 'static>(
+    routes: Router,
+    settings: &HttpSettings,
+    sessions: Option<C>,
+) -> Router {
+    let routes = match sessions {
+        Some(sessions) => routes.route_layer(middleware::from_fn_with_state(
+            Arc::new(sessions),
+            require_live_session::<C>,
+        )),
+        None => routes,
     };
-    match without_stage.trim_end_matches('/') {
-        "" => "/",
-        trimmed => trimmed,
-    }
-}
-
-pub fn header<'a>(request: &'a ApiGatewayV2httpRequest, name: &str) -> Option<&'a str> {
-    request.headers.get(name)?.to_str().ok()
-}
-
-pub fn query<'a>(request: &'a ApiGatewayV2httpRequest, name: &str) -> Option<&'a str> {
-    request.query_string_parameters.first(name)
-}
-
-/// The request body as text: base64 undone, size and encoding checked.
-pub fn body_text(request: &ApiGatewayV2httpRequest) -> Result<String, ApiError> {
-    let raw = request.body.as_deref().unwrap_or("");
-    let bytes = if request.is_base64_encoded {
-        base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "The body is not valid base64."))?
-    } else {
-        raw.as_bytes().to_vec()
-    };
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(
-            ErrorCode::PromptTooLong,
-            format!(
-                "The request body has {} bytes; the limit is {MAX_BODY_BYTES}.",
-                bytes.len()
-            ),
-        ));
-    }
-    String::from_utf8(bytes)
-        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "The body is not UTF-8 text."))
-}
-
-/// The CORS headers every answer carries, for the one allowed origin.
-#[derive(Clone, Debug)]
-pub struct Cors {
-    allowed_origin: HeaderValue,
-}
-
-impl Cors {
-    pub fn new(allowed_origin: &str) -> Self {
-        Self {
-            allowed_origin: HeaderValue::from_str(allowed_origin)
-                .unwrap_or_else(|_| HeaderValue::from_static("null")),
-        }
-    }
-
-    fn apply(&self, response: &mut ApiGatewayV2httpResponse) {
-        let headers = &mut response.headers;
-        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, self.allowed_origin.clone());
-        headers.insert(
-            ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Location"),
-        );
-        if self.allowed_origin != "*" {
-            headers.insert(VARY, HeaderValue::from_static("Origin"));
-        }
-    }
-
-    /// The answer to a preflight `OPTIONS`, for where no gateway answers it first.
-    pub fn preflight(&self) -> ApiGatewayV2httpResponse {
-        let mut response = ApiGatewayV2httpResponse::default();
-        response.status_code = 204;
-        self.apply(&mut response);
-        let headers = &mut response.headers;
-        headers.insert(
-            ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
-        );
-        headers.insert(
-            ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Content-Type, Idempotency-Key"),
-        );
-        headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-        response
-    }
-
-    pub fn json(&self, status: u16, body: &impl Serialize) -> ApiGatewayV2httpResponse {
-        let mut response = ApiGatewayV2httpResponse::default();
-        response.status_code = i64::from(status);
-        response
-            .headers
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.apply(&mut response);
-        let text = serde_json::to_string(body).expect("response bodies always serialize");
-        response.body = Some(Body::Text(text));
-        response
-    }
-
-    /// `{"error": {"code": …, "message": …}}` with the code's status.
-    pub fn error(&self, error: &ApiError) -> ApiGatewayV2httpResponse {
-        let body = serde_json::json!({
-            "error": {"code": error.code.as_str(), "message": error.message}
-        });
-        self.json(error.code.http_status(), &body)
-    }
-
-    pub fn respond(
-        &self,
-        result: Result<ApiGatewayV2httpResponse, ApiError>,
-    ) -> ApiGatewayV2httpResponse {
-        result.unwrap_or_else(|error| self.error(&error))
-    }
-}
-
-/// Answers one request: preflights directly, everything else through `route`. A panic in
-/// `route` becomes the contract's `500 internal` (not a bare gateway error), and is logged.
-pub async fn answer<F>(
-    cors: &Cors,
-    request: &ApiGatewayV2httpRequest,
-    route: F,
-) -> ApiGatewayV2httpResponse
-where
-    F: Future<Output = Result<ApiGatewayV2httpResponse, ApiError>>,
-{
-    if *method(request) == Method::OPTIONS {
-        return cors.preflight();
-    }
-    match AssertUnwindSafe(route).catch_unwind().await {
-        Ok(result) => cors.respond(result),
-        Err(_) => {
+    let routes = routes
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("the handler panicked; answered 500");
-            cors.error(&ApiError::internal())
-        }
-    }
+            ApiError::internal().into_response()
+        }));
+    with_cors(routes, settings.origin())
 }
 
-/// Adds a header to a built response.
-pub fn with_header(
-    mut response: ApiGatewayV2httpResponse,
-    name: HeaderName,
-    value: &str,
-) -> ApiGatewayV2httpResponse {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        response.headers.insert(name, value);
+/// axum fills in the `Allow` header of a `405` itself; this gives it the contract's body.
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "This address does not answer {}; its Allow header lists the methods it answers.",
+            request.method()
+        ),
+    )
+}
+
+/// CORS for the one allowed origin (every answer carries it), and preflights answered
+/// `204` before they reach any route, as API Gateway's CORS configuration does.
+pub fn with_cors(router: Router, origin: &str) -> Router {
+    let allow_origin = match origin {
+        "*" => AllowOrigin::any(),
+        origin => AllowOrigin::exact(
+            HeaderValue::from_str(origin).unwrap_or_else(|_| HeaderValue::from_static("null")),
+        ),
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(ALLOWED_HEADERS)
+        .expose_headers([LOCATION])
+        .max_age(Duration::from_secs(600));
+    router
+        .layer(cors)
+        .layer(middleware::from_fn(preflight_no_content))
+}
+
+async fn preflight_no_content(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = next.run(request).await;
+    if preflight && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
     }
     response
 }
@@ -227,135 +131,211 @@ pub fn with_header(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lambda_events::apigw::{
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use lambda_http::aws_lambda_events::apigw::{
         ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerIamDescription,
-        ApiGatewayRequestAuthorizerJwtDescription,
+        ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequestContext,
     };
+    use lambda_http::request::RequestContext;
+    use lambda_http::tower::ServiceExt;
+    use serde_json::Value;
 
-    fn request(stage: &str, raw_path: &str) -> ApiGatewayV2httpRequest {
-        let mut request = ApiGatewayV2httpRequest::default();
-        request.raw_path = Some(raw_path.into());
-        request.request_context.stage = Some(stage.into());
-        request
-    }
+    use crate::domain::Owner;
+    use crate::ports::Unavailable;
 
-    #[test]
-    fn paths_lose_their_stage_and_trailing_slash() {
-        assert_eq!(path(&request("$default", "/jobs/1")), "/jobs/1");
-        assert_eq!(path(&request("prod", "/prod/jobs/1")), "/jobs/1");
-        assert_eq!(
-            path(&request("prod", "/production/jobs")),
-            "/production/jobs"
-        );
-        assert_eq!(path(&request("prod", "/prod")), "/");
-        assert_eq!(path(&request("$default", "/jobs/")), "/jobs");
-        assert_eq!(path(&request("$default", "/")), "/");
-    }
-
-    #[test]
-    fn the_caller_comes_from_jwt_claims_or_the_iam_principal() {
-        let mut request = ApiGatewayV2httpRequest::default();
-        assert_eq!(caller(&request), None);
-
+    fn context(claims: &[(&str, &str)]) -> ApiGatewayV2httpRequestContext {
         let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
-        jwt.claims.insert("sub".into(), "user-1".into());
+        jwt.claims = claims
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
         let mut authorizer = ApiGatewayRequestAuthorizer::default();
         authorizer.jwt = Some(jwt);
-        request.request_context.authorizer = Some(authorizer.clone());
-        request
-            .headers
-            .insert("authorization", HeaderValue::from_static("Bearer abc.def"));
-        let found = caller(&request).unwrap();
-        assert_eq!(found.owner, Owner::new("user-1"));
-        assert_eq!(found.access_token.as_deref(), Some("abc.def"));
+        let mut context = ApiGatewayV2httpRequestContext::default();
+        context.authorizer = Some(authorizer);
+        context
+    }
+
+    #[test]
+    fn the_caller_is_the_access_tokens_sub_or_the_iam_principal() {
+        let access = context(&[("sub", "user-1"), ("token_use", "access")]);
+        let caller = Caller::from_context(&access, Some("Bearer abc.def")).unwrap();
+        assert_eq!(caller.owner, Owner::new("user-1"));
+        assert_eq!(caller.access_token.as_deref(), Some("abc.def"));
+
+        for refused in [
+            context(&[("sub", "user-1"), ("token_use", "id")]),
+            context(&[("sub", "user-1")]),
+            context(&[("sub", ""), ("token_use", "access")]),
+            ApiGatewayV2httpRequestContext::default(),
+        ] {
+            assert_eq!(Caller::from_context(&refused, None), None, "{refused:?}");
+        }
 
         let mut iam = ApiGatewayRequestAuthorizerIamDescription::default();
         iam.user_arn = Some("arn:aws:iam::123456789012:user/ci".into());
-        authorizer.jwt = None;
+        let mut authorizer = ApiGatewayRequestAuthorizer::default();
         authorizer.iam = Some(iam);
-        request.request_context.authorizer = Some(authorizer.clone());
-        let found = caller(&request).unwrap();
-        assert_eq!(found.owner.as_str(), "arn:aws:iam::123456789012:user/ci");
-        assert_eq!(found.access_token, None);
-
-        authorizer.iam = None;
-        let mut empty = ApiGatewayRequestAuthorizerJwtDescription::default();
-        empty.claims.insert("sub".into(), String::new());
-        authorizer.jwt = Some(empty);
-        request.request_context.authorizer = Some(authorizer);
-        assert_eq!(caller(&request), None);
+        let mut signed = ApiGatewayV2httpRequestContext::default();
+        signed.authorizer = Some(authorizer);
+        let caller = Caller::from_context(&signed, None).unwrap();
+        assert_eq!(caller.owner.as_str(), "arn:aws:iam::123456789012:user/ci");
+        assert_eq!(caller.access_token, None);
     }
 
-    #[test]
-    fn bodies_are_decoded_and_bounded() {
-        let mut request = ApiGatewayV2httpRequest::default();
-        request.body = Some("eyJwcm9tcHQiOiJoaSJ9".into());
-        request.is_base64_encoded = true;
-        assert_eq!(body_text(&request).unwrap(), r#"{"prompt":"hi"}"#);
-
-        request.body = Some("%%%".into());
-        assert_eq!(
-            body_text(&request).unwrap_err().code,
-            ErrorCode::InvalidJson
-        );
-
-        request.is_base64_encoded = false;
-        request.body = Some("x".repeat(MAX_BODY_BYTES + 1));
-        assert_eq!(
-            body_text(&request).unwrap_err().code,
-            ErrorCode::PromptTooLong
-        );
-        request.body = Some("x".repeat(MAX_BODY_BYTES));
-        assert!(body_text(&request).is_ok());
+    struct NoSessions;
+    impl SessionCheck for NoSessions {
+        async fn is_active(&self, _: &str) -> Result<bool, Unavailable> {
+            Ok(false)
+        }
     }
 
-    async fn buggy_route() -> Result<ApiGatewayV2httpResponse, ApiError> {
-        panic!("a bug in a handler");
+    async fn echo(caller: Caller, TextBody(body): TextBody) -> String {
+        format!("{}:{body}", caller.owner.as_str())
+    }
+
+    async fn buggy() -> &'static str {
+        panic!("a bug in a handler")
+    }
+
+    fn app(sessions: Option<NoSessions>) -> Router {
+        let routes = Router::new()
+            .route("/echo", post(echo))
+            .route("/panic", get(buggy));
+        let settings = HttpSettings {
+            allowed_origin: Some("https://app.example".into()),
+            revocation_check: sessions.is_some(),
+        };
+        finish(routes, &settings, sessions)
+    }
+
+    fn request(method: Method, path: &str, body: impl Into<Body>) -> Request {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(AUTHORIZATION, "Bearer token")
+            .body(body.into())
+            .unwrap();
+        let access = context(&[("sub", "user-1"), ("token_use", "access")]);
+        request
+            .extensions_mut()
+            .insert(RequestContext::ApiGatewayV2(access));
+        request
+    }
+
+    async fn call(app: Router, request: Request) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let response = app.oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (parts.status, parts.headers, body)
     }
 
     #[tokio::test]
-    async fn a_panicking_handler_answers_500_internal() {
-        let cors = Cors::new("*");
-        let mut request = ApiGatewayV2httpRequest::default();
-        request.request_context.http.method = Method::POST;
-        let response = answer(&cors, &request, buggy_route()).await;
-        assert_eq!(response.status_code, 500);
-        let Some(Body::Text(text)) = response.body else {
-            panic!("a text body")
-        };
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(body["error"]["code"], "internal");
-        assert!(!body["error"]["message"].as_str().unwrap().contains("bug"));
+    async fn a_route_gets_the_caller_and_the_body() {
+        let (status, headers, body) = call(app(None), request(Method::POST, "/echo", "hi")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "user-1:hi");
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://app.example"
+        );
     }
 
     #[tokio::test]
-    async fn preflights_never_reach_the_route() {
-        let cors = Cors::new("https://app.example");
-        let mut request = ApiGatewayV2httpRequest::default();
-        request.request_context.http.method = Method::OPTIONS;
-        let response = answer(&cors, &request, buggy_route()).await;
-        assert_eq!(response.status_code, 204);
-        assert_eq!(
-            response.headers["access-control-allow-origin"],
-            "https://app.example"
-        );
-        assert_eq!(response.headers["vary"], "Origin");
+    async fn errors_are_the_contracts_with_their_status_and_headers() {
+        let cases = [
+            (request(Method::GET, "/nowhere", ""), 404, "not_found"),
+            (request(Method::GET, "/echo", ""), 405, "method_not_allowed"),
+            (request(Method::GET, "/panic", ""), 500, "internal"),
+            (
+                request(Method::POST, "/echo", vec![b'x'; MAX_BODY_BYTES + 1]),
+                413,
+                "prompt_too_long",
+            ),
+            (
+                request(Method::POST, "/echo", vec![0xff, 0xfe]),
+                400,
+                "invalid_json",
+            ),
+        ];
+        for (request, status, code) in cases {
+            let path = request.uri().clone();
+            let (got, headers, body) = call(app(None), request).await;
+            assert_eq!(got.as_u16(), status, "{path}: {body}");
+            assert_eq!(body["error"]["code"], code, "{path}");
+            assert!(!body["error"]["message"].as_str().unwrap().contains("bug"));
+            assert_eq!(headers[CONTENT_TYPE], "application/json", "{path}");
+            assert_eq!(
+                headers["access-control-allow-origin"],
+                "https://app.example"
+            );
+            if status == 405 {
+                assert_eq!(headers["allow"], "POST", "RFC 9110 wants Allow on a 405");
+            }
+        }
     }
 
-    #[test]
-    fn every_answer_is_json_with_cors() {
-        let cors = Cors::new("https://app.example");
-        let response = cors.error(&ApiError::not_found());
-        assert_eq!(response.status_code, 404);
-        assert_eq!(response.headers["content-type"], "application/json");
+    #[tokio::test]
+    async fn an_unreadable_body_is_400_not_413() {
+        let broken = Body::from_stream(futures::stream::iter([
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"prompt\"")),
+            Err(std::io::Error::other("connection reset")),
+        ]));
+        let (status, _, body) = call(app(None), request(Method::POST, "/echo", broken)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+
+    #[tokio::test]
+    async fn callers_without_an_access_token_identity_are_401() {
+        let mut anonymous = request(Method::POST, "/echo", "hi");
+        anonymous.extensions_mut().clear();
+        let (status, _, body) = call(app(None), anonymous).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "unauthorized");
+
+        let mut id_token = request(Method::POST, "/echo", "hi");
+        id_token
+            .extensions_mut()
+            .insert(RequestContext::ApiGatewayV2(context(&[
+                ("sub", "user-1"),
+                ("token_use", "id"),
+            ])));
+        assert_eq!(call(app(None), id_token).await.0, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn with_the_revocation_check_a_signed_out_token_is_refused_on_every_route() {
+        let (status, _, body) =
+            call(app(Some(NoSessions)), request(Method::POST, "/echo", "hi")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let (status, _, _) = call(app(Some(NoSessions)), request(Method::GET, "/panic", "")).await;
         assert_eq!(
-            response.headers["access-control-allow-origin"],
+            status,
+            StatusCode::UNAUTHORIZED,
+            "checked before the handler runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn preflights_are_answered_204_before_any_route() {
+        let preflight = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/echo")
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, _) = call(app(Some(NoSessions)), preflight).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(
+            headers["access-control-allow-origin"],
             "https://app.example"
         );
-        let Some(Body::Text(text)) = response.body else {
-            panic!("a text body")
-        };
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(body["error"]["code"], "not_found");
+        let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+        assert!(allowed.contains("idempotency-key"), "{allowed}");
     }
 }

@@ -4,35 +4,54 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_sdk_cognitoidentityprovider::Client as Cognito;
 use aws_sdk_cognitoidentityprovider::types::ExplicitAuthFlowsType;
+use axum::Router;
+use axum::extract::{Path, Request};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use integration_tests::*;
+use lambda_http::RequestExt;
+use lambda_http::request::RequestContext;
 use local::authorizer::JwtAuthorizer;
-use local::gateway::{self, GatewayConfig, HttpFunction};
+use local::gateway::{self, GatewayConfig};
 use local::provision::{UserPool, create_user, create_user_pool};
-use pipeline::http::Cors;
 use serde_json::{Value, json};
 
 /// A function that counts its calls and answers with the claims it was given.
 #[derive(Clone, Default)]
 struct Recorder(Arc<AtomicUsize>);
 
-impl HttpFunction for Recorder {
-    async fn invoke(&self, request: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        let claims = request
-            .request_context
-            .authorizer
-            .and_then(|authorizer| authorizer.jwt)
-            .map(|jwt| jwt.claims)
-            .unwrap_or_default();
-        Cors::new("*").json(
-            200,
-            &json!({ "claims": claims, "route": request.route_key }),
-        )
+impl Recorder {
+    fn router(&self) -> Router {
+        let calls = self.0.clone();
+        // A route with a path parameter, as the status function has: it must see its own.
+        let counted = calls.clone();
+        let job = move |Path(id): Path<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { axum::Json(json!({ "id": id })) }
+        };
+        Router::new()
+            .route("/jobs/{id}", axum::routing::get(job))
+            .fallback(move |request: Request| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let claims = match request.request_context_ref() {
+                        Some(RequestContext::ApiGatewayV2(context)) => context
+                            .authorizer
+                            .as_ref()
+                            .and_then(|authorizer| authorizer.jwt.as_ref())
+                            .map(|jwt| json!(jwt.claims)),
+                        _ => None,
+                    };
+                    axum::Json(json!({ "claims": claims, "path": request.uri().path() }))
+                }
+            })
+    }
+
+    fn calls(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -67,35 +86,53 @@ async fn tokens(stack: &Stack, pool: &UserPool) -> Tokens {
     }
 }
 
-/// Serves the gateway (with `clock_skew` seconds added to its clock) and returns its URL.
-async fn serve(pool: &UserPool, functions: &Recorder, clock_skew: u64) -> String {
-    let authorizer = JwtAuthorizer::new(
+fn authorizer(pool: &UserPool, jwks_url: String, clock_skew: i64) -> JwtAuthorizer {
+    JwtAuthorizer::new(
         format!(
             "https://cognito-idp.us-east-1.amazonaws.com/{}",
             pool.pool_id
         ),
         pool.client_id.clone(),
-        format!("{}/{}/.well-known/jwks.json", moto_url(), pool.pool_id),
+        jwks_url,
     )
     .with_clock(Arc::new(move || {
-        chrono::Utc::now().timestamp() as u64 + clock_skew
-    }));
+        (chrono::Utc::now().timestamp() + clock_skew) as u64
+    }))
+}
+
+fn jwks_url(pool: &UserPool) -> String {
+    format!("{}/{}/.well-known/jwks.json", moto_url(), pool.pool_id)
+}
+
+/// Serves the gateway (with `clock_skew` seconds added to its clock) and returns its URL.
+async fn serve(pool: &UserPool, functions: &Recorder, clock_skew: i64) -> String {
+    serve_with(
+        authorizer(pool, jwks_url(pool), clock_skew),
+        pool,
+        functions,
+    )
+    .await
+}
+
+async fn serve_with(authorizer: JwtAuthorizer, pool: &UserPool, functions: &Recorder) -> String {
     let web_dir = std::env::temp_dir().join("gateway-test-web");
     std::fs::create_dir_all(&web_dir).unwrap();
     std::fs::write(web_dir.join("index.html"), "<h1>ui</h1>").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
     let app = gateway::router(
-        functions.clone(),
-        functions.clone(),
+        functions.router(),
+        functions.router(),
         authorizer,
         GatewayConfig {
             web_dir,
-            web_config: json!({ "userPoolId": pool.pool_id }),
+            web_config: json!({ "userPoolId": pool.pool_id, "userPoolClientId": pool.client_id }),
             cognito_endpoint: format!("{}/", moto_url()),
             allowed_origin: ORIGIN.into(),
+            port,
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url
 }
@@ -139,8 +176,17 @@ async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
     assert_eq!(claims["token_use"], "access");
     assert_eq!(claims["client_id"], pool.client_id.as_str());
     assert_eq!(claims["sub"], decode(&segments(&tokens.access)[1])["sub"]);
-    assert_eq!(body["route"], "POST /generate");
-    assert_eq!(calls.0.load(Ordering::SeqCst), 1);
+    assert_eq!(body["path"], "/generate");
+    assert_eq!(calls.calls(), 1);
+    let job = reqwest::Client::new()
+        .get(format!("{url}/jobs/job-1"))
+        .bearer_auth(&tokens.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job.status(), 200);
+    assert_eq!(job.json::<Value>().await.unwrap()["id"], "job-1");
+    assert_eq!(calls.calls(), 2);
 
     let [header, payload, signature] = <[String; 3]>::try_from(segments(&tokens.access)).unwrap();
     let mut flipped = signature.clone().into_bytes();
@@ -173,17 +219,17 @@ async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
         assert_eq!(status, 401, "{case}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{case}");
     }
-    assert_eq!(
-        calls.0.load(Ordering::SeqCst),
-        1,
-        "no refused request reached a function"
-    );
+    assert_eq!(calls.calls(), 2, "no refused request reached a function");
 
     // Two hours later, the same token has expired.
     let later = serve(&pool, &calls, 2 * 3600).await;
     let (status, _) = get(&later, Some(&tokens.access)).await;
     assert_eq!(status, 401, "an expired token");
-    assert_eq!(calls.0.load(Ordering::SeqCst), 1);
+    // An hour earlier, it was issued in the future (iat), which API Gateway refuses too.
+    let earlier = serve(&pool, &calls, -3600).await;
+    let (status, _) = get(&earlier, Some(&tokens.access)).await;
+    assert_eq!(status, 401, "a token issued in the future");
+    assert_eq!(calls.calls(), 2);
 }
 
 #[tokio::test]
@@ -229,5 +275,180 @@ async fn preflights_static_files_and_unknown_paths_need_no_token() {
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
 
-    assert_eq!(calls.0.load(Ordering::SeqCst), 0);
+    assert_eq!(calls.calls(), 0);
+}
+
+async fn cognito_call(url: &str, target: Option<&str>, body: Value) -> (u16, Value) {
+    let mut call = reqwest::Client::new()
+        .post(format!("{url}/cognito"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .json(&body);
+    if let Some(target) = target {
+        call = call.header("x-amz-target", target);
+    }
+    let response = call.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_cognito_proxy_forwards_only_the_web_uis_own_calls() {
+    let stack = Stack::new().await;
+    let pool = create_user_pool(&stack.aws, "gateway-proxy").await.unwrap();
+    create_user(&stack.aws, &pool, "ada@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let url = serve(&pool, &Recorder::default(), 0).await;
+
+    let (status, body) = cognito_call(
+        &url,
+        Some("AWSCognitoIdentityProviderService.InitiateAuth"),
+        json!({"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": pool.client_id,
+               "AuthParameters": {"USERNAME": "ada@example.com", "PASSWORD": PASSWORD}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["AuthenticationResult"]["AccessToken"].is_string());
+
+    let admin_create = json!({"UserPoolId": pool.pool_id, "Username": "mallory@example.com"});
+    for (target, body) in [
+        (
+            Some("AWSCognitoIdentityProviderService.AdminCreateUser"),
+            admin_create,
+        ),
+        (
+            Some("AWSCognitoIdentityProviderService.ListUserPools"),
+            json!({"MaxResults": 10}),
+        ),
+        (
+            Some("AWSCognitoIdentityProviderService.ListUsers"),
+            json!({"UserPoolId": pool.pool_id}),
+        ),
+        (Some("DynamoDB_20120810.ListTables"), json!({})),
+        (Some("AmazonSQS.ListQueues"), json!({})),
+        (None, json!({"Action": "ListQueues"})),
+    ] {
+        let (status, answer) = cognito_call(&url, target, body).await;
+        assert_eq!(status, 403, "{target:?}: {answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains("forwards only"), "{message}");
+    }
+    let created = Cognito::new(&stack.aws)
+        .admin_get_user()
+        .user_pool_id(&pool.pool_id)
+        .username("mallory@example.com")
+        .send()
+        .await;
+    assert!(
+        created.is_err(),
+        "the refused admin call never reached Cognito"
+    );
+}
+
+#[tokio::test]
+async fn only_requests_addressed_to_the_gateway_by_name_are_answered() {
+    let stack = Stack::new().await;
+    let pool = create_user_pool(&stack.aws, "gateway-host").await.unwrap();
+    let url = serve(&pool, &Recorder::default(), 0).await;
+    let port = url.rsplit(':').next().unwrap();
+    let http = reqwest::Client::new();
+    for (host, expected) in [
+        (format!("127.0.0.1:{port}"), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("attacker.example:{port}"), 403),
+        ("127.0.0.1".to_owned(), 403),
+        (format!("localhost.attacker.example:{port}"), 403),
+    ] {
+        let response = http
+            .get(format!("{url}/config.json"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected, "Host: {host}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_key_id_refetches_the_jwks_at_most_once_per_interval() {
+    let stack = Stack::new().await;
+    let pool = create_user_pool(&stack.aws, "gateway-jwks").await.unwrap();
+    let tokens = tokens(&stack, &pool).await;
+
+    // A JWKS endpoint in front of moto's that counts its fetches.
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let upstream = jwks_url(&pool);
+    let counting = {
+        let fetches = fetches.clone();
+        Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let (fetches, upstream) = (fetches.clone(), upstream.clone());
+                async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    reqwest::get(upstream).await.unwrap().text().await.unwrap()
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, counting).await.unwrap() });
+    let calls = Recorder::default();
+    let url = serve_with(authorizer(&pool, jwks, 0), &pool, &calls).await;
+
+    let [header, payload, signature] = <[String; 3]>::try_from(segments(&tokens.access)).unwrap();
+    for n in 0..5 {
+        let mut made_up = decode(&header);
+        made_up["kid"] = json!(format!("made-up-{n}"));
+        let token = format!("{}.{payload}.{signature}", encode(&made_up));
+        assert_eq!(get(&url, Some(&token)).await.0, 401);
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "one fetch for five unknown keys"
+    );
+    // The real key came with that one fetch.
+    assert_eq!(get(&url, Some(&tokens.access)).await.0, 200);
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_ui_is_served_with_security_headers_and_odd_names_are_404() {
+    let stack = Stack::new().await;
+    let pool = create_user_pool(&stack.aws, "gateway-static")
+        .await
+        .unwrap();
+    let url = serve(&pool, &Recorder::default(), 0).await;
+    let http = reqwest::Client::new();
+
+    let page = http.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    // The page's own <meta> policy says the same, for where no header is set.
+    let index = std::fs::read_to_string(workspace_root().join("web/index.html")).unwrap();
+    assert!(
+        index.contains(&format!("content=\"{policy}\"")),
+        "web/index.html's CSP differs"
+    );
+
+    let long_name = "a".repeat(300);
+    for path in [
+        long_name.as_str(),
+        "%00",
+        "a%00b.js",
+        "..%2f..%2fetc%2fpasswd",
+        "%ff%fe",
+        "index.html/x",
+    ] {
+        let response = http.get(format!("{url}/{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 404, "/{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "/{path}");
+    }
 }

@@ -6,7 +6,7 @@ use aws_sdk_cognitoidentityprovider::Client as Cognito;
 use base64::Engine;
 use integration_tests::*;
 use local::provision::{create_user, create_user_pool};
-use pipeline::adapters::{CognitoSessionCheck, DynamoJobStore, SqsJobQueue};
+use pipeline::adapters::CognitoSessionCheck;
 
 /// Signs a new user in on moto's Cognito and returns the (real, RS256-signed) access token.
 async fn access_token(stack: &Stack, email: &str) -> String {
@@ -48,19 +48,15 @@ async fn a_signed_out_token_is_refused_when_the_check_is_on() {
     assert_eq!(claims["token_use"], "access");
     let sub = claims["sub"].as_str().unwrap();
 
-    let api = api::GenerateApi::new(
-        DynamoJobStore::new(&stack.aws, &stack.resources.table),
-        SqsJobQueue::new(&stack.aws, &stack.resources.queue_url),
-        Some(CognitoSessionCheck::new(&stack.aws)),
+    let api = stack.api_with(
+        &stack.resources.queue_url,
         stack.api_settings(),
+        Some(CognitoSessionCheck::new(&stack.aws)),
     );
-    let event = |bearer: &str| {
-        let mut event = request(
-            Method::POST,
-            "/generate",
-            Some(sub),
-            Some(r#"{"prompt": "hi"}"#),
-        );
+    let status = stack.status_with(Some(CognitoSessionCheck::new(&stack.aws)));
+    let signed = |method: Method, path: &str, bearer: &str| {
+        let body = (method == Method::POST).then_some(r#"{"prompt": "hi"}"#);
+        let mut event = request(method, path, Some(sub), body);
         event.headers.insert(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {bearer}")).unwrap(),
@@ -68,8 +64,12 @@ async fn a_signed_out_token_is_refused_when_the_check_is_on() {
         event
     };
 
+    let event = |bearer: &str| signed(Method::POST, "/generate", bearer);
     let response = api.handle(event(&token)).await;
     assert_eq!(response.status_code, 202, "{:?}", response.body);
+    let job = format!("/jobs/{}", json_body(&response)["job_id"].as_str().unwrap());
+    let read = status.handle(signed(Method::GET, &job, &token)).await;
+    assert_eq!(read.status_code, 200, "{:?}", read.body);
 
     Cognito::new(&stack.aws)
         .global_sign_out()
@@ -79,6 +79,11 @@ async fn a_signed_out_token_is_refused_when_the_check_is_on() {
         .unwrap();
     assert_error(&api.handle(event(&token)).await, 401, "unauthorized");
     assert_error(&api.handle(event("not-a-token")).await, 401, "unauthorized");
+    // Reads too: a signed-out token sees nothing, not even its own jobs.
+    for path in [job.as_str(), "/jobs"] {
+        let read = status.handle(signed(Method::GET, path, &token)).await;
+        assert_error(&read, 401, "unauthorized");
+    }
     assert_eq!(
         stack.queued_bodies().await.len(),
         1,
