@@ -5,6 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
+# --help answers at once: it installs and builds nothing.
+for arg in "$@"; do
+  if [ "$arg" = "--help" ] || [ "$arg" = "-h" ]; then
+    echo "Usage: ./scripts/dev.sh [OPTIONS]   (or: ./scripts/dev.sh token [--email E] [--password P])"
+    echo "Installs moto into .venv, builds local-stack and starts it with these options."
+    echo
+    built="${LOCAL_STACK_BIN:-${CARGO_TARGET_DIR:-target}/debug/local-stack}"
+    if [ -x "$built" ]; then
+      exec "$built" --help
+    fi
+    echo "Options: --port, --model offline|openai|bedrock, --latency-ms, --throttle-rate,"
+    echo "--error-rate, ... The full list is shown here once local-stack is built: run"
+    echo "./scripts/dev.sh once (the first build takes several minutes)."
+    exit 0
+  fi
+done
+
 step "Python tools into .venv (moto, the AWS emulator)"
 venv .venv requirements.txt
 

@@ -334,10 +334,13 @@ def test_functions_get_the_contracts_environment(resources):
         "JOBS_TABLE", "JOBS_QUEUE_URL", "MODEL_ID", "ALLOWED_MODEL_IDS", "MAX_PROMPT_CHARS",
         "MAX_OUTPUT_TOKENS", "JOB_TTL_DAYS", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK",
         "MAX_JOBS_PER_MINUTE"}
-    assert env["JobStatusFunction"] == {"JOBS_TABLE", "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN"}
+    assert env["JobStatusFunction"] == {
+        "JOBS_TABLE", "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK"}
     assert env["WorkerFunction"] == {"JOBS_TABLE", "ARTIFACTS_BUCKET", "MAX_ATTEMPTS"}
-    api_env = resources["GenerateFunction"]["Properties"]["Environment"]["Variables"]
-    assert api_env["COGNITO_REVOCATION_CHECK"] == {"Ref": "CognitoRevocationCheck"}
+    # The revocation check covers every route, reads included.
+    for name in ("GenerateFunction", "JobStatusFunction"):
+        variables = resources[name]["Properties"]["Environment"]["Variables"]
+        assert variables["COGNITO_REVOCATION_CHECK"] == {"Ref": "CognitoRevocationCheck"}
 
 
 def test_the_sample_events_match_the_templates_routes_and_functions(resources):

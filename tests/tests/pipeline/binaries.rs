@@ -75,3 +75,167 @@ fn each_function_names_its_missing_variable_and_stops() {
         );
     }
 }
+
+/// The `local-stack` binary as a newcomer meets it: what its banner says, the export lines
+/// it prints, a token for curl, `ALLOWED_ORIGIN` honoured, and logs without colour codes
+/// when they do not go to a terminal.
+#[tokio::test]
+async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let root = integration_tests::workspace_root();
+    let mut stack = Command::new(binary("local-stack"))
+        .args([
+            "--port",
+            "0",
+            "--latency-ms",
+            "5",
+            "--throttle-rate",
+            "0.25",
+        ])
+        .current_dir(&root)
+        .env("ALLOWED_ORIGIN", "https://app.example")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = mpsc::channel();
+    let stderr = BufReader::new(stack.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    while !banner
+        .iter()
+        .any(|line: &String| line.contains("access token for curl"))
+    {
+        let line = received
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the local stack did not get ready: {banner:#?}"));
+        banner.push(line);
+    }
+    let text = banner.join("\n");
+    assert!(
+        text.contains("faults: +5 ms latency, 25% throttled"),
+        "the banner shows the fault knobs: {text}"
+    );
+    for export in [
+        "AWS_ENDPOINT_URL=http://127.0.0.1:",
+        "JOBS_TABLE=bedrock-jobs-jobs",
+        "JOBS_QUEUE_URL=http://127.0.0.1:",
+        "ARTIFACTS_BUCKET=",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME=",
+    ] {
+        assert!(
+            banner
+                .iter()
+                .any(|line| line.trim_start().starts_with("export") && line.contains(export)),
+            "{export} in the export lines: {text}"
+        );
+    }
+    let gateway = banner
+        .iter()
+        .find(|line| line.contains("gateway (web UI and API)"))
+        .unwrap();
+    let url = gateway.split_whitespace().last().unwrap().to_owned();
+    let port = url.rsplit(':').next().unwrap();
+
+    let token = Command::new(binary("local-stack"))
+        .args(["token", "--port", port])
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let http = reqwest::Client::new();
+    let accepted = http
+        .post(format!("{url}/generate"))
+        .bearer_auth(&token)
+        .body(r#"{"prompt": "Hello from curl"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(
+        accepted.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    let wrong = Command::new(binary("local-stack"))
+        .args(["token", "--port", port, "--password", "not-the-password"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("did not sign demo@example.com in"));
+
+    let _ = Command::new("kill").arg(stack.id().to_string()).status();
+    let mut logs = String::new();
+    stack
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    stack.wait().unwrap();
+    assert!(logs.contains("POST /generate → 202"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}') && !text.contains('\u{1b}'),
+        "no ANSI codes in {logs}"
+    );
+}
+
+/// `./scripts/dev.sh --help` answers at once: it installs and builds nothing.
+#[test]
+fn the_run_commands_help_installs_nothing() {
+    let root = integration_tests::workspace_root();
+    let fake_bin = std::env::temp_dir().join(format!("no-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    let marker = fake_bin.join("called");
+    for tool in ["cargo", "python3", "pip"] {
+        let path = fake_bin.join(tool);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho {tool} >> {}\nexit 1\n", marker.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let output = Command::new("bash")
+        .args(["scripts/dev.sh", "--help"])
+        .current_dir(&root)
+        .env(
+            "PATH",
+            format!("{}:{}", fake_bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("LOCAL_STACK_BIN", binary("local-stack"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Usage"), "{stdout}");
+    assert!(
+        stdout.contains("--throttle-rate"),
+        "the local stack's options: {stdout}"
+    );
+    assert!(
+        !marker.exists(),
+        "--help ran {}",
+        std::fs::read_to_string(&marker).unwrap_or_default()
+    );
+}
