@@ -3,13 +3,14 @@
 # On a fresh machine it installs what the tests need (Python tools, Chromium, playwright-core),
 # then checks formatting and lints, runs every Rust test (unit tests, and integration tests
 # against moto, an AWS emulator), checks the SAM template (cfn-lint, sam validate --lint,
-# property tests) and runs the browser tests of the web UI against the local stack.
+# property tests), runs the browser tests of the web UI against the local stack, and checks
+# the local stack's real answers against the HTTP contract (docs/openapi.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 started=$SECONDS
 
-step "Python tools: moto and cfn-lint into .venv, the SAM CLI into .venv-sam"
+step "Python tools: moto, cfn-lint and the contract tests' tools into .venv, the SAM CLI into .venv-sam"
 venv .venv requirements.txt
 venv .venv-sam requirements-sam.txt
 
@@ -35,5 +36,9 @@ SAM_CLI_TELEMETRY=0 .venv-sam/bin/sam validate --lint --template template.yaml -
 step "web UI in headless Chromium, against the local stack"
 cargo build --locked --workspace --bins
 LOCAL_STACK_BIN="${CARGO_TARGET_DIR:-target}/debug/local-stack" node --test tests/e2e/
+
+step "contract: real responses of the local stack against docs/openapi.yaml"
+LOCAL_STACK_BIN="${CARGO_TARGET_DIR:-target}/debug/local-stack" \
+  .venv/bin/python -m pytest -q -p no:cacheprovider tests/contract
 
 step "all checks passed in $((SECONDS - started)) s"

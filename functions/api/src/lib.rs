@@ -11,7 +11,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
-    FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, Limits, RateWindow, Transition,
+    FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, Limits, Owner,
+    RateWindow, Transition,
 };
 use pipeline::http::{self, ApiError, Caller, HttpSettings, SubmittedJob, TextBody};
 use pipeline::ports::{Inserted, JobQueue, JobStore, SessionCheck, SubmissionQuota};
@@ -92,6 +93,13 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
         .map(|value| IdempotencyKey::parse(&String::from_utf8_lossy(value.as_bytes())))
         .transpose()?;
     let request = GenerateRequest::from_json(&body, &api.settings.limits)?;
+    // A repeat asks for nothing new, so it is answered before the quota is counted.
+    if let Some(key) = &idempotency_key {
+        let id = JobId::for_idempotency_key(&caller.owner, key);
+        if let Some(original) = api.original(id, &caller.owner).await? {
+            return Ok(original);
+        }
+    }
     let now = (api.settings.clock)();
     api.check_quota(&caller, now).await?;
     let job = Job::queued(
@@ -133,7 +141,15 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
 
     async fn submit(&self, job: Job) -> Result<Response, ApiError> {
         if self.store.insert(&job).await? == Inserted::AlreadyExists {
-            return self.repeat(&job).await;
+            // A concurrent repeat won the race for the id.
+            return match self.original(job.id, &job.owner).await? {
+                Some(original) => Ok(original),
+                None => {
+                    // Only possible if the record vanished between the two calls (TTL).
+                    warn!("idempotent repeat found no original job");
+                    Err(ApiError::unavailable())
+                }
+            };
         }
         if let Err(cause) = self.queue.enqueue(job.id).await {
             // The record exists but no worker will ever see it: fail it rather than leave it
@@ -157,20 +173,19 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         Ok(accepted(StatusCode::ACCEPTED, &job))
     }
 
-    /// The same caller sent the same `Idempotency-Key` again: answer with the original job.
-    async fn repeat(&self, job: &Job) -> Result<Response, ApiError> {
-        let original = self.store.get(job.id).await?;
-        match original.filter(|original| original.owner == job.owner) {
-            Some(original) => {
-                info!(status = %original.status, "idempotent repeat; answered with the original job");
-                Ok(accepted(StatusCode::OK, &original))
-            }
-            None => {
-                // Only possible if the record vanished between the two calls (TTL, deletion).
-                warn!("idempotent repeat found no original job");
-                Err(ApiError::unavailable())
-            }
-        }
+    /// The same caller sent the same `Idempotency-Key` again: the answer with the original
+    /// job, if there is one.
+    async fn original(&self, id: JobId, owner: &Owner) -> Result<Option<Response>, ApiError> {
+        let original = self.store.get(id).await?;
+        Ok(original
+            .filter(|original| original.owner == *owner)
+            .map(|original| {
+                let span = info_span!("job", job_id = %original.id);
+                span.in_scope(|| {
+                    info!(status = %original.status, "idempotent repeat; answered with the original job");
+                });
+                accepted(StatusCode::OK, &original)
+            }))
     }
 }
 

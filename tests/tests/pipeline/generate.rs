@@ -374,3 +374,24 @@ async fn over_the_per_minute_quota_is_429_with_retry_after() {
         .await;
     assert_eq!(json_body(&list)["jobs"].as_array().unwrap().len(), 2);
 }
+
+/// A client that retries a submission with its `Idempotency-Key` asks for nothing new: the
+/// repeat answers with the original job even when the caller has used up the minute.
+#[tokio::test]
+async fn an_idempotent_repeat_is_not_counted_against_the_quota() {
+    let stack = Stack::new().await;
+    let mut settings = stack.api_settings();
+    settings.jobs_per_minute = Some(1);
+    settings.clock = || chrono::DateTime::from_timestamp(1_795_860_015, 0).unwrap();
+    let api = stack.api_with_settings(settings);
+    let body = r#"{"prompt": "once"}"#;
+    let first = api.handle(with_key(body, "user-a", "retry-me")).await;
+    assert_eq!(first.status_code, 202);
+    for _ in 0..3 {
+        let again = api.handle(with_key(body, "user-a", "retry-me")).await;
+        assert_eq!(again.status_code, 200, "{:?}", again.body);
+        assert_eq!(json_body(&again)["job_id"], json_body(&first)["job_id"]);
+    }
+    let new_key = api.handle(with_key(body, "user-a", "another")).await;
+    assert_error(&new_key, 429, "rate_limited");
+}

@@ -1,0 +1,374 @@
+"""The real local stack, signed-in callers, and the check of every answer against the contract.
+
+`local-stack` (from `LOCAL_STACK_BIN`, else `$CARGO_TARGET_DIR/debug/local-stack`, else
+`target/debug/local-stack`) is started once for the session from the repository's root, on a
+free port of 127.0.0.1, with the template's defaults for the quota (`MAX_JOBS_PER_MINUTE=30`)
+and the revocation check (`COGNITO_REVOCATION_CHECK=true`), and stopped at the end. Every
+answer a test gets through `Caller` is validated against `docs/openapi.yaml` with openapi-core:
+status, headers and body.
+"""
+
+import copy
+import functools
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+import requests
+import yaml
+from openapi_core import OpenAPI
+from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SPEC_PATH = ROOT / "docs" / "openapi.yaml"
+DEMO_EMAIL = "demo@example.com"
+DEMO_PASSWORD = "Demo-Password-2026!"
+# The template's default, so that the quota's 429 can be provoked; every test but the quota's
+# submits far fewer jobs than this in a minute.
+JOBS_PER_MINUTE = 30
+# The functions' settings a developer's shell may hold: the stack gets none of them, so that the
+# tests meet the defaults they expect (MAX_PROMPT_CHARS 20000, MAX_OUTPUT_TOKENS 4096, …).
+FUNCTION_SETTINGS = {
+    "MODEL_ID",
+    "ALLOWED_MODEL_IDS",
+    "MAX_PROMPT_CHARS",
+    "MAX_OUTPUT_TOKENS",
+    "JOB_TTL_DAYS",
+    "ALLOWED_ORIGIN",
+    "COGNITO_REVOCATION_CHECK",
+    "MAX_JOBS_PER_MINUTE",
+    "MAX_ATTEMPTS",
+}
+START_TIMEOUT_S = 120
+REQUEST_TIMEOUT_S = 30
+
+
+def local_stack_binary() -> pathlib.Path:
+    if os.environ.get("LOCAL_STACK_BIN"):
+        return pathlib.Path(os.environ["LOCAL_STACK_BIN"]).resolve()
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    if not target.is_absolute():
+        target = ROOT / target
+    return target / "debug" / "local-stack"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Stack:
+    """One running `local-stack`, its output in files (so that no pipe ever fills up)."""
+
+    def __init__(self, binary: pathlib.Path, env: dict):
+        if not binary.is_file():
+            pytest.fail(
+                f"no local-stack binary at {binary}: build it (cargo build --workspace --bins) "
+                "or set LOCAL_STACK_BIN"
+            )
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.logs = pathlib.Path(tempfile.mkdtemp(prefix="contract-stack-"))
+        self._stdout = open(self.logs / "stdout.log", "wb")
+        self._stderr = open(self.logs / "stderr.log", "wb")
+        self.process = subprocess.Popen(
+            [str(binary), "--port", str(self.port)],
+            cwd=ROOT,
+            env={
+                **{
+                    name: value
+                    for name, value in os.environ.items()
+                    if name not in FUNCTION_SETTINGS and not name.startswith("AWS_ENDPOINT_URL")
+                },
+                **env,
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout,
+            stderr=self._stderr,
+            # Its own process group: moto and its wrapper shell are stopped with it.
+            start_new_session=True,
+        )
+        self._wait_until_ready()
+
+    def output(self) -> str:
+        return "".join(
+            (self.logs / name).read_text(errors="replace") for name in ("stderr.log", "stdout.log")
+        )
+
+    def _wait_until_ready(self):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            stderr = (self.logs / "stderr.log").read_text(errors="replace")
+            if any(line.startswith("Ready in") for line in stderr.splitlines()):
+                return
+            if self.process.poll() is not None:
+                self.stop()
+                pytest.fail(f"local-stack exited with {self.process.returncode}:\n{self.output()}")
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"local-stack was not ready within {START_TIMEOUT_S} s:\n{self.output()}")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever of the group is left (moto, its wrapper), started by this process only.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(timeout=15)
+        self._stdout.close()
+        self._stderr.close()
+
+
+class Contract:
+    """docs/openapi.yaml, and the validation of real exchanges against it with openapi-core."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.spec = yaml.safe_load(path.read_text())
+        self.openapi = OpenAPI.from_file_path(str(path))
+        # (path template, method) -> statuses seen, for the coverage test.
+        self.seen: dict[tuple[str, str], set[int]] = {}
+
+    @functools.lru_cache(maxsize=None)
+    def _with_operation(self, path: str, method: str, status: str, response: str) -> OpenAPI:
+        """The spec plus one operation answering `status` with `components/responses/<response>`:
+        for exchanges that no documented operation covers (an unknown path, a method a path
+        does not answer), so that they are still checked against the spec's own components."""
+        spec = copy.deepcopy(self.spec)
+        item = spec["paths"].setdefault(self.template_of(path) or path, {})
+        item[method] = {
+            "security": [],
+            "responses": {status: {"$ref": f"#/components/responses/{response}"}},
+        }
+        return OpenAPI.from_dict(spec)
+
+    def template_of(self, path: str) -> str | None:
+        for template in self.spec["paths"]:
+            pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"
+            if re.match(pattern, path):
+                return template
+        return None
+
+    def validate(self, response: requests.Response, as_response: str | None = None):
+        """Raises AssertionError, with the reasons, unless `response` is what the spec says
+        for its request. `as_response` names a `components/responses` entry for exchanges
+        outside the documented operations (an unknown path, a method a path does not answer)."""
+        request = RequestsOpenAPIRequest(response.request)
+        try:
+            self.check(request, RequestsOpenAPIResponse(response), as_response)
+        except AssertionError as error:
+            raise AssertionError(
+                f"{response.request.method} {response.request.path_url} → {response.status_code} "
+                f"does not match docs/openapi.yaml: {error}\n"
+                f"headers: {dict(response.headers)}\nbody: {response.text[:2000]}"
+            ) from None
+        template = self.template_of(request.path)
+        if template and as_response is None:
+            self.seen.setdefault((template, request.method), set()).add(response.status_code)
+
+    def check(self, request, response, as_response: str | None = None):
+        """openapi-core's response validation of one exchange (protocol objects: the
+        requests wrappers, or openapi_core.testing's mocks); AssertionError with the reasons."""
+        if as_response is None:
+            openapi = self.openapi
+        else:
+            openapi = self._with_operation(
+                request.path, request.method, str(response.status_code), as_response
+            )
+        try:
+            openapi.validate_response(request, response)
+        except Exception as error:  # openapi-core's errors nest their reasons
+            raise AssertionError(explain(error)) from None
+
+    def validate_request(self, prepared: requests.PreparedRequest):
+        """Raises openapi-core's error if the spec refuses this request."""
+        self.openapi.validate_request(RequestsOpenAPIRequest(prepared))
+
+
+def explain(error: BaseException) -> str:
+    """openapi-core's error, its causes and its JSON Schema errors, as one line each."""
+    lines = []
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        lines.append(f"{type(error).__name__}: {error}")
+        for schema_error in getattr(error, "schema_errors", None) or []:
+            where = "/".join(str(part) for part in schema_error.absolute_path) or "(root)"
+            lines.append(f"  at {where}: {schema_error.message}")
+        error = error.__cause__
+    return "\n".join(lines)
+
+
+class Caller:
+    """A signed-in user (or nobody) talking to the stack from the web UI's origin. Every
+    answer is validated against the contract before a test sees it."""
+
+    def __init__(self, stack: Stack, contract: Contract, token: str | None, email: str | None):
+        self.stack = stack
+        self.contract = contract
+        self.token = token
+        self.email = email
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body=None,
+        data=None,
+        headers: dict | None = None,
+        as_response: str | None = None,
+        validate: bool = True,
+        cors: bool = True,
+    ) -> requests.Response:
+        all_headers = {"Origin": self.stack.url}
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        if json_body is not None or data is not None:
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
+        body = json.dumps(json_body) if json_body is not None else data
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        response = requests.request(
+            method,
+            self.stack.url + path,
+            data=body,
+            headers=all_headers,
+            timeout=REQUEST_TIMEOUT_S,
+            allow_redirects=False,
+        )
+        if validate:
+            self.contract.validate(response, as_response)
+        if cors:
+            # The contract's CORS rule: an answer to a request from the allowed origin names it.
+            assert response.headers.get("Access-Control-Allow-Origin") == self.stack.url, (
+                f"{method} {path} → {response.status_code}: no CORS header for the allowed "
+                f"origin: {dict(response.headers)}"
+            )
+        return response
+
+    def get(self, path: str, **options) -> requests.Response:
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, **options) -> requests.Response:
+        return self.request("POST", path, **options)
+
+    def submit(self, body=None, **options) -> requests.Response:
+        return self.post("/generate", json_body=body or {"prompt": "Hello"}, **options)
+
+
+def cognito(stack: Stack, action: str, body: dict) -> dict:
+    """One call of Cognito's JSON API through the stack's same-origin proxy, as the web UI."""
+    response = requests.post(
+        f"{stack.url}/cognito",
+        headers={
+            "X-Amz-Target": f"AWSCognitoIdentityProviderService.{action}",
+            "Content-Type": "application/x-amz-json-1.1",
+        },
+        data=json.dumps(body),
+        timeout=REQUEST_TIMEOUT_S,
+    )
+    assert response.status_code == 200, f"Cognito {action}: {response.status_code} {response.text}"
+    return response.json()
+
+
+def sign_in(stack: Stack, client_id: str, email: str, password: str) -> dict:
+    answer = cognito(
+        stack,
+        "InitiateAuth",
+        {
+            "AuthFlow": "USER_PASSWORD_AUTH",
+            "ClientId": client_id,
+            "AuthParameters": {"USERNAME": email, "PASSWORD": password},
+        },
+    )
+    return answer["AuthenticationResult"]
+
+
+@pytest.fixture(scope="session")
+def contract() -> Contract:
+    return Contract(SPEC_PATH)
+
+
+@pytest.fixture(scope="session")
+def stack(request):
+    # As the template deploys it: a quota per caller, and signed-out tokens refused.
+    running = Stack(
+        local_stack_binary(),
+        {"MAX_JOBS_PER_MINUTE": str(JOBS_PER_MINUTE), "COGNITO_REVOCATION_CHECK": "true"},
+    )
+    yield running
+    running.stop()
+    # The stack's log (one line per request and per job) is kept only when a test failed.
+    if request.session.testsfailed:
+        print(f"\nlocal-stack's log: {running.logs}")
+    else:
+        shutil.rmtree(running.logs, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def web_config(stack) -> dict:
+    response = requests.get(f"{stack.url}/config.json", timeout=REQUEST_TIMEOUT_S)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.fixture(scope="session")
+def demo_tokens(stack, web_config) -> dict:
+    return sign_in(stack, web_config["userPoolClientId"], DEMO_EMAIL, DEMO_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def demo(stack, contract, demo_tokens) -> Caller:
+    return Caller(stack, contract, demo_tokens["AccessToken"], DEMO_EMAIL)
+
+
+@pytest.fixture(scope="session")
+def anonymous(stack, contract) -> Caller:
+    return Caller(stack, contract, None, None)
+
+
+@pytest.fixture(scope="session")
+def new_user(stack, contract, web_config):
+    """Signs up, confirms (locally any code is accepted) and signs in a fresh user."""
+
+    def make() -> Caller:
+        email = f"contract-{uuid.uuid4().hex[:12]}@example.com"
+        password = "Contract-Password-2026!"
+        client_id = web_config["userPoolClientId"]
+        cognito(
+            stack,
+            "SignUp",
+            {
+                "ClientId": client_id,
+                "Username": email,
+                "Password": password,
+                "UserAttributes": [{"Name": "email", "Value": email}],
+            },
+        )
+        cognito(
+            stack,
+            "ConfirmSignUp",
+            {"ClientId": client_id, "Username": email, "ConfirmationCode": "123456"},
+        )
+        tokens = sign_in(stack, client_id, email, password)
+        return Caller(stack, contract, tokens["AccessToken"], email)
+
+    return make
