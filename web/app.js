@@ -3,7 +3,7 @@
 // with textContent, never parsed as HTML.
 
 const SESSION_KEY = "bedrock-jobs.session";
-const TERMINAL = new Set(["succeeded", "failed"]);
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const PAGE_SIZE = 20;
 
 const $ = (id) => document.getElementById(id);
@@ -182,6 +182,19 @@ function render(job) {
     element.dataset.jobId = job.job_id;
     entry = { job: {}, element, watching: false };
     jobs.set(job.job_id, entry);
+    const stop = field(element, "stop");
+    stop.addEventListener("click", async () => {
+      stop.disabled = true;
+      try {
+        render(await api("POST", `/jobs/${encodeURIComponent(job.job_id)}/cancel`));
+      } catch (error) {
+        // 409: it finished meanwhile; show it as it is.
+        if (error.status === 409) await loadDetail(job.job_id);
+        else notify(error.message);
+      } finally {
+        stop.disabled = false;
+      }
+    });
     const box = field(element, "output-box");
     box.addEventListener("toggle", () => {
       if (box.open && entry.job.output === undefined) {
@@ -199,6 +212,7 @@ function render(job) {
   status.textContent = current.status;
   status.className = `status ${current.status}`;
   element.dataset.status = current.status;
+  field(element, "stop").hidden = TERMINAL.has(current.status);
   field(element, "prompt").textContent = current.prompt ?? "";
   field(element, "prompt").title = current.prompt ?? "";
   field(element, "model").textContent = current.model ?? "";

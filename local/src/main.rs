@@ -416,6 +416,7 @@ fn start_worker(
         DynamoJobStore::new(aws, &resources.table),
         S3ArtifactStore::new(aws, &resources.bucket),
         BedrockTextModel::new(bedrock),
+        SqsJobQueue::new(aws, &resources.queue_url),
         settings,
     );
     let source = SqsEventSource::new(aws, &resources.queue_url, &resources.queue_arn);

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Context, LambdaEvent};
-use pipeline::ports::{ArtifactStore, JobStore, TextModel};
+use pipeline::ports::{ArtifactStore, JobStore, Redelivery, TextModel};
 use tokio::sync::watch;
 use tracing::{info, warn};
 use worker::Worker;
@@ -20,7 +20,9 @@ pub trait SqsFunction: Send + Sync {
     -> impl Future<Output = SqsBatchResponse> + Send;
 }
 
-impl<S: JobStore, A: ArtifactStore, M: TextModel> SqsFunction for Worker<S, A, M> {
+impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> SqsFunction
+    for Worker<S, A, M, R>
+{
     fn invoke(
         &self,
         event: LambdaEvent<SqsEvent>,

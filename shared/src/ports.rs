@@ -7,7 +7,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Artifact, Job, JobId, Owner, RateWindow, Transition, Usage};
+use crate::domain::{Artifact, Job, JobId, Owner, RateWindow, Transition, Transitioned, Usage};
 
 /// A dependency that did not answer as it should. The caller sees `503` (API) or the
 /// message is retried (worker); the detail goes to the log only.
@@ -61,14 +61,15 @@ pub trait JobStore: Send + Sync {
         after: Option<&PageCursor>,
     ) -> impl Future<Output = Result<Page, Unavailable>> + Send;
 
-    /// Applies `transition` atomically if the job exists and its current status may become the
-    /// transition's target. Returns the job as it is afterwards, or `None` when refused.
+    /// Applies `transition` at `at`, atomically, if the job exists and the transition's guard
+    /// admits it (exactly as [`Job::apply`] describes): the job as it is afterwards, or, when
+    /// refused, as it is (`None`: no such job).
     fn transition(
         &self,
         id: JobId,
         transition: &Transition,
         at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Option<Job>, Unavailable>> + Send;
+    ) -> impl Future<Output = Result<Transitioned, Unavailable>> + Send;
 }
 
 /// Counts submissions per caller, for `MAX_JOBS_PER_MINUTE`.
@@ -87,12 +88,25 @@ pub trait JobQueue: Send + Sync {
     fn enqueue(&self, id: JobId) -> impl Future<Output = Result<(), Unavailable>> + Send;
 }
 
+/// When a received message comes back: the worker's fast retries and waits.
+pub trait Redelivery: Send + Sync {
+    /// Makes the message received with `receipt_handle` visible again after `delay`.
+    fn redeliver_after(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> impl Future<Output = Result<(), Unavailable>> + Send;
+}
+
 pub trait ArtifactStore: Send + Sync {
     fn put(
         &self,
         key: &str,
         artifact: &Artifact,
     ) -> impl Future<Output = Result<(), Unavailable>> + Send;
+
+    /// Removes an artifact that no record names (an attempt that lost its race).
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), Unavailable>> + Send;
 }
 
 /// A text generation request as the model port sees it.

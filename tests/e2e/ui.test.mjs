@@ -231,3 +231,37 @@ describe("web UI with a failing model", () => {
     assert.deepEqual(problems, []);
   });
 });
+
+describe("web UI with a slow model", () => {
+  let stack;
+  before(async () => {
+    stack = await startStack(["--latency-ms", "5000"]);
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  test("Stop cancels a running job, which then shows no output", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await signIn(page, DEMO);
+    await page.getByLabel("Prompt", { exact: true }).fill("take your time");
+    await page.getByRole("button", { name: "Submit" }).click();
+    const item = page.locator("li.job").first();
+    const stop = item.getByRole("button", { name: "Stop" });
+    await stop.waitFor(WAIT);
+    await stop.click();
+    await page.waitForFunction(
+      () => document.querySelector("li.job")?.dataset.status === "cancelled",
+      null,
+      WAIT,
+    );
+    assert.equal(await stop.isHidden(), true, "no Stop button on a finished job");
+    assert.equal(await item.locator('[data-field="output-box"]').isHidden(), true);
+    // The model's late answer changes nothing: the job stays cancelled.
+    await page.waitForTimeout(6000);
+    await page.reload();
+    await page.locator("li.job").first().waitFor(WAIT);
+    assert.equal(await page.locator("li.job").first().getAttribute("data-status"), "cancelled");
+    assert.deepEqual(problems, []);
+  });
+});

@@ -41,7 +41,7 @@ pub const ORIGIN: &str = "https://app.example";
 pub const MAX_PROMPT_CHARS: usize = 1_000;
 pub const MAX_ATTEMPTS: u32 = 3;
 
-pub type JobWorker = Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel>;
+pub type JobWorker = Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel, SqsJobQueue>;
 
 /// The moto server of this test binary: `MOTO_ENDPOINT` if set, else one of our own,
 /// stopped when the test binary exits.
@@ -186,6 +186,8 @@ impl Stack {
         worker::Settings {
             max_attempts: MAX_ATTEMPTS,
             write_reserve: Duration::from_millis(500),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(4),
         }
     }
 
@@ -198,6 +200,7 @@ impl Stack {
             self.store(),
             S3ArtifactStore::new(&self.aws, bucket),
             self.model(),
+            SqsJobQueue::new(&self.aws, &self.resources.queue_url),
             Self::worker_settings(),
         )
     }

@@ -99,6 +99,7 @@ EXPECTED_PERMISSIONS = {
         ("logs:PutLogEvents", "StatusLogGroup"),
         ("dynamodb:GetItem", "JobsTable"),
         ("dynamodb:Query", "JobsTable"),
+        ("dynamodb:UpdateItem", "JobsTable"),
     },
     "WorkerRole": {
         ("logs:CreateLogStream", "WorkerLogGroup"),
@@ -109,6 +110,7 @@ EXPECTED_PERMISSIONS = {
         ("sqs:ChangeMessageVisibility", "JobsQueue"),
         ("dynamodb:UpdateItem", "JobsTable"),
         ("s3:PutObject", "ArtifactsBucket"),
+        ("s3:DeleteObject", "ArtifactsBucket"),
         ("bedrock:InvokeModel", "AllowedModelIds"),
     },
 }
@@ -261,7 +263,7 @@ def test_an_authorizer_guards_every_route_but_options(resources, mode, scheme):
         security = resolve(operation.get("security"), {"UseIamAuth": mode == "iam"})
         assert security == [{scheme: []}], f"{method} {path} in {mode} mode: {security}"
         seen.append(path)
-    assert set(seen) == {"/generate", "/jobs", "/jobs/{id}", "/$default"}
+    assert set(seen) == {"/generate", "/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/$default"}
     schemes = resources["JobsApi"]["Properties"]["Body"]["components"]["securitySchemes"]
     jwt = schemes["CognitoAuthorizer"]["x-amazon-apigateway-authorizer"]
     assert jwt["type"] == "jwt"
@@ -336,7 +338,7 @@ def test_functions_get_the_contracts_environment(resources):
         "MAX_JOBS_PER_MINUTE"}
     assert env["JobStatusFunction"] == {
         "JOBS_TABLE", "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK"}
-    assert env["WorkerFunction"] == {"JOBS_TABLE", "ARTIFACTS_BUCKET", "MAX_ATTEMPTS"}
+    assert env["WorkerFunction"] == {"JOBS_TABLE", "ARTIFACTS_BUCKET", "JOBS_QUEUE_URL", "MAX_ATTEMPTS"}
     # The revocation check covers every route, reads included.
     for name in ("GenerateFunction", "JobStatusFunction"):
         variables = resources[name]["Properties"]["Environment"]["Variables"]
@@ -352,6 +354,7 @@ def test_the_sample_events_match_the_templates_routes_and_functions(resources):
         "generate.json": "GenerateFunction",
         "generate-invalid.json": "GenerateFunction",
         "job-status.json": "JobStatusFunction",
+        "job-cancel.json": "JobStatusFunction",
         "jobs-list.json": "JobStatusFunction",
     }
     for file, function in expected.items():

@@ -161,7 +161,14 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
             );
             if let Err(cause) = self
                 .store
-                .transition(job.id, &Transition::Fail(failure), (self.settings.clock)())
+                .transition(
+                    job.id,
+                    &Transition::Fail {
+                        lease: None,
+                        failure,
+                    },
+                    (self.settings.clock)(),
+                )
                 .await
             {
                 error!(%cause, "could not mark the unqueued job failed");

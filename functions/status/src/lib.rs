@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
 use pipeline::config::{ConfigError, Env};
-use pipeline::domain::{JobId, parse_timestamp};
+use pipeline::domain::{Job, JobId, JobStatus, Transition, Transitioned, parse_timestamp};
 use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView};
 use pipeline::ports::{JobStore, PageCursor, SessionCheck};
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,7 @@ impl<S: JobStore> StatusApi<S> {
     }
 }
 
-/// The function: `GET /jobs/{id}` and `GET /jobs`, behind the revocation check when
+/// The function: `GET /jobs/{id}`, `GET /jobs` and `POST /jobs/{id}/cancel`, behind the revocation check when
 /// `sessions` is given. Deployed, it is also the HTTP API's `$default` route, so it answers
 /// every path the API does not route elsewhere, `/generate` with a method other than POST
 /// among them.
@@ -79,6 +80,7 @@ where
     let routes = Router::new()
         .route("/jobs", get(list::<S>))
         .route("/jobs/{id}", get(job::<S>))
+        .route("/jobs/{id}/cancel", post(cancel::<S>))
         .route(
             "/generate",
             any(|| async { ApiError::method_not_allowed("POST") }),
@@ -92,16 +94,46 @@ async fn job<S: JobStore>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    // Not a UUID, not there, or someone else's: all the same `404`, so that nobody learns
-    // whether another user's job exists.
-    let id = JobId::parse(&id).ok_or_else(ApiError::job_not_found)?;
-    let job = status
-        .store
-        .get(id)
-        .await?
-        .filter(|job| job.owner == caller.owner)
-        .ok_or_else(ApiError::job_not_found)?;
+    let job = status.own_job(&caller, &id).await?;
     Ok(Json(JobView::of(&job, &status.artifacts_bucket)))
+}
+
+/// `queued` or `running` → `cancelled`: a queued job is never started, a running attempt
+/// stops at its next write. Cancelling a cancelled job again changes nothing.
+async fn cancel<S: JobStore>(
+    State(status): State<Arc<StatusApi<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = status.own_job(&caller, &id).await?;
+    let job = match status
+        .store
+        .transition(job.id, &Transition::Cancel, Utc::now())
+        .await?
+    {
+        Transitioned::Done(job) => {
+            tracing::info!(job_id = %job.id, "job cancelled by its owner");
+            job
+        }
+        Transitioned::Refused(current) => current.ok_or_else(ApiError::job_not_found)?,
+    };
+    match job.status {
+        JobStatus::Cancelled => Ok(Json(JobView::of(&job, &status.artifacts_bucket))),
+        finished => Err(ApiError::not_cancellable(finished.as_str())),
+    }
+}
+
+impl<S: JobStore> StatusApi<S> {
+    /// The caller's job `id`. Not a UUID, not there, or someone else's: all the same `404`,
+    /// so that nobody learns whether another user's job exists.
+    async fn own_job(&self, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+        let id = JobId::parse(id).ok_or_else(ApiError::job_not_found)?;
+        self.store
+            .get(id)
+            .await?
+            .filter(|job| job.owner == caller.owner)
+            .ok_or_else(ApiError::job_not_found)
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,36 +1,46 @@
-//! The worker: SQS batches in, one Converse call per job, artifact to S3, status to DynamoDB.
+//! The worker: SQS batches in, one Converse call per job attempt, artifact to S3, status to
+//! DynamoDB.
 //!
-//! Delivery is at least once, so every step is safe to repeat: the table's conditional
-//! transitions decide who may run and finish a job, and a terminal job is never run again.
+//! Delivery is at least once, and a worker can die anywhere, so every step is safe to repeat:
+//! an attempt takes the job with a lease (a conditional write), and every later write of that
+//! attempt holds only while the lease is still its own, so two deliveries of one message never
+//! both finish a job, and a `succeeded` job's record and artifact always agree.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lambda_runtime::LambdaEvent;
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
-    Artifact, ArtifactResponse, Completion, FailureCode, Job, JobFailure, JobId, Transition,
-    decode_job_message,
+    Artifact, ArtifactResponse, Completion, FailureCode, Job, JobFailure, JobId, Lease, LeaseId,
+    Transition, Transitioned, decode_job_message,
 };
-use pipeline::ports::{ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, TextModel};
+use pipeline::ports::{
+    ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, Redelivery, TextModel,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub table: String,
     pub artifacts_bucket: String,
+    /// The jobs queue, whose messages' return the worker times (fast retries).
+    pub queue_url: String,
     pub settings: Settings,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
-    /// Deliveries of a message before a retryable model failure becomes `model_unavailable`.
+    /// Model calls a job may have before a retryable failure becomes `model_unavailable`.
     pub max_attempts: u32,
     /// Time kept back from the invocation's deadline for writing the result after the model
     /// call: a model call still running then is abandoned and retried later.
     pub write_reserve: Duration,
+    /// The first retry's delay; each further one doubles it, up to `retry_cap`, with jitter.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
 }
 
 impl Config {
@@ -38,19 +48,32 @@ impl Config {
         Ok(Self {
             table: env.required("JOBS_TABLE")?,
             artifacts_bucket: env.required("ARTIFACTS_BUCKET")?,
+            queue_url: env.required("JOBS_QUEUE_URL")?,
             settings: Settings::from_env(env)?,
         })
     }
 }
 
 impl Settings {
-    /// `MAX_ATTEMPTS`; the local stack reads it the same way.
+    /// `MAX_ATTEMPTS`, `RETRY_BASE_SECONDS`, `RETRY_MAX_SECONDS`; the local stack reads them
+    /// the same way.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             max_attempts: env.positive("MAX_ATTEMPTS", 3)?,
             write_reserve: Duration::from_secs(5),
+            retry_base: Duration::from_secs(env.positive("RETRY_BASE_SECONDS", 2)?),
+            retry_cap: Duration::from_secs(env.positive("RETRY_MAX_SECONDS", 60)?),
         })
     }
+}
+
+/// How long a retry waits after `attempts` model calls: doubling from `base`, at most `cap`,
+/// and spread over its upper half by `jitter` (0 to 1) so that throttled jobs do not all
+/// come back at once.
+pub fn retry_delay(attempts: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let doubling = 2u32.saturating_pow(attempts.saturating_sub(1));
+    let ceiling = base.saturating_mul(doubling).min(cap);
+    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
 /// What becomes of one message.
@@ -58,31 +81,43 @@ impl Settings {
 enum Outcome {
     /// Done with it, for good or ill: delete it from the queue.
     Acknowledge,
-    /// Report it as a batch item failure, so that it comes back after the visibility timeout.
+    /// Report it as a batch item failure, so that it comes back (when its visibility was set
+    /// to, or after the queue's visibility timeout).
     Retry,
 }
 
-pub struct Worker<S, A, M> {
+pub struct Worker<S, A, M, R> {
     store: S,
     artifacts: A,
     model: M,
+    queue: R,
     settings: Settings,
 }
 
-impl<S: JobStore, A: ArtifactStore, M: TextModel> Worker<S, A, M> {
-    pub fn new(store: S, artifacts: A, model: M, settings: Settings) -> Self {
+/// One delivery of a job, in one invocation.
+struct Delivery<'a> {
+    job_id: JobId,
+    message: &'a SqsMessage,
+    /// When the invocation must have answered (None: no deadline, as in some tests).
+    deadline: Option<DateTime<Utc>>,
+}
+
+impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M, R> {
+    pub fn new(store: S, artifacts: A, model: M, queue: R, settings: Settings) -> Self {
         Self {
             store,
             artifacts,
             model,
+            queue,
             settings,
         }
     }
 
     /// Processes a batch concurrently and lists only the messages to retry.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> SqsBatchResponse {
-        let model_budget = remaining_time(event.context.deadline)
-            .map(|left| left.saturating_sub(self.settings.write_reserve));
+        let deadline = (event.context.deadline > 0)
+            .then(|| DateTime::from_timestamp_millis(event.context.deadline as i64))
+            .flatten();
 
         // Two messages for one job in one batch must cost one model call: group them, run
         // the job once for the most-delivered message, and acknowledge the others.
@@ -103,10 +138,12 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel> Worker<S, A, M> {
 
         let runs = jobs.into_iter().map(|(job_id, message)| async move {
             let span = info_span!("job", job_id = %job_id);
-            let outcome = self
-                .run(job_id, receive_count(message), model_budget)
-                .instrument(span)
-                .await;
+            let delivery = Delivery {
+                job_id,
+                message,
+                deadline,
+            };
+            let outcome = self.run(&delivery).instrument(span).await;
             (message, outcome)
         });
         let batch_item_failures = futures::future::join_all(runs)
@@ -125,51 +162,95 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel> Worker<S, A, M> {
         response
     }
 
-    async fn run(&self, job_id: JobId, delivery: u32, model_budget: Option<Duration>) -> Outcome {
-        let job = match self
-            .store
-            .transition(job_id, &Transition::Start, Utc::now())
-            .await
-        {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                info!("job is missing or already finished; message acknowledged");
-                return Outcome::Acknowledge;
-            }
+    async fn run(&self, delivery: &Delivery<'_>) -> Outcome {
+        let now = Utc::now();
+        // The lease lasts as long as this invocation can: past its deadline nobody is working.
+        let lease_ends = delivery
+            .deadline
+            .unwrap_or(now + chrono::Duration::minutes(15))
+            + chrono::Duration::seconds(5);
+        let start = Transition::Start {
+            lease: Lease::new(lease_ends),
+            max_attempts: self.settings.max_attempts,
+        };
+        let job = match self.store.transition(delivery.job_id, &start, now).await {
+            Ok(Transitioned::Done(job)) => job,
+            Ok(Transitioned::Refused(current)) => return self.not_started(delivery, current).await,
             Err(cause) => {
                 warn!(%cause, "could not start the job; it will be retried");
                 return Outcome::Retry;
             }
         };
-        info!(attempt = job.attempts, delivery, model = %job.request.model, "job running");
+        let Some(lease) = job.lease.clone() else {
+            return Outcome::Retry; // a started job always has its lease
+        };
+        info!(
+            attempt = job.attempts,
+            delivery = receive_count(delivery.message),
+            model = %job.request.model,
+            "job running"
+        );
 
         let started = Instant::now();
-        let reply = self.generate(&job, model_budget).await;
+        let reply = self.generate(&job, delivery.deadline).await;
         let latency = started.elapsed();
         match reply {
-            Ok(reply) => self.succeed(&job, reply, latency).await,
-            Err(ModelError::Retryable(cause)) if delivery < self.settings.max_attempts => {
-                warn!(%cause, delivery, "model unavailable; the job will be retried");
-                Outcome::Retry
+            Ok(reply) => {
+                self.succeed(delivery, &job, &lease.id, reply, latency)
+                    .await
+            }
+            Err(ModelError::Retryable(cause)) if job.attempts < self.settings.max_attempts => {
+                self.release(delivery, &job, &lease.id, &cause).await
             }
             Err(ModelError::Retryable(cause)) => {
                 let message = format!(
-                    "The model was unavailable on all {} attempts; the last error was: {cause}",
-                    self.settings.max_attempts
+                    "The model was unavailable on all {} calls; the last error was: {cause}",
+                    job.attempts
                 );
-                self.fail(&job, FailureCode::ModelUnavailable, message)
+                self.fail(&job, Some(lease.id), FailureCode::ModelUnavailable, message)
                     .await
             }
             Err(ModelError::Permanent(cause)) => {
-                self.fail(&job, FailureCode::ModelError, cause).await
+                self.fail(&job, Some(lease.id), FailureCode::ModelError, cause)
+                    .await
             }
         }
+    }
+
+    /// The job could not be started: it is gone or finished, another attempt holds it, or
+    /// its attempts were used up by attempts that never finished.
+    async fn not_started(&self, delivery: &Delivery<'_>, current: Option<Job>) -> Outcome {
+        let Some(job) = current else {
+            info!("job is missing (expired or deleted); message acknowledged");
+            return Outcome::Acknowledge;
+        };
+        if job.status.is_terminal() {
+            info!(status = %job.status, "job is already finished; message acknowledged");
+            return Outcome::Acknowledge;
+        }
+        if let Some(lease) = job.lease.as_ref().filter(|lease| lease.is_live(Utc::now())) {
+            // Someone else is working on it: look again once their lease can have ended.
+            let wait = (lease.expires_at - Utc::now()).to_std().unwrap_or_default();
+            info!(
+                wait_ms = wait.as_millis() as u64,
+                "another attempt holds the job; it will be looked at again"
+            );
+            return self
+                .come_back(delivery, wait + Duration::from_secs(1))
+                .await;
+        }
+        let message = format!(
+            "The worker stopped before finishing the job, after {} model calls.",
+            job.attempts
+        );
+        self.fail(&job, None, FailureCode::WorkerError, message)
+            .await
     }
 
     async fn generate(
         &self,
         job: &Job,
-        budget: Option<Duration>,
+        deadline: Option<DateTime<Utc>>,
     ) -> Result<ModelReply, ModelError> {
         let request = &job.request;
         let request = ModelRequest {
@@ -180,22 +261,34 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel> Worker<S, A, M> {
             temperature: request.temperature,
         };
         let call = self.model.generate(&request);
-        match budget {
-            None => call.await,
-            Some(budget) => tokio::time::timeout(budget, call)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ModelError::Retryable(format!(
-                        "no answer within {budget:?}, the time left in this invocation"
-                    )))
-                }),
-        }
+        let Some(deadline) = deadline else {
+            return call.await;
+        };
+        let budget = (deadline - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(self.settings.write_reserve);
+        tokio::time::timeout(budget, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ModelError::Retryable(format!(
+                    "no answer within {budget:?}, the time left in this invocation"
+                )))
+            })
     }
 
-    /// The artifact goes to S3 first, so that a `succeeded` job always has one.
-    async fn succeed(&self, job: &Job, reply: ModelReply, latency: Duration) -> Outcome {
+    /// The artifact goes to S3 first, under this attempt's own key, so that a `succeeded`
+    /// job always has the artifact its record names; an attempt that loses removes its own.
+    async fn succeed(
+        &self,
+        delivery: &Delivery<'_>,
+        job: &Job,
+        lease: &LeaseId,
+        reply: ModelReply,
+        latency: Duration,
+    ) -> Outcome {
         let completed_at = Utc::now();
-        let key = job.artifact_key();
+        let key = job.artifact_key(lease);
         let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         let response = ArtifactResponse {
             text: reply.text,
@@ -203,18 +296,20 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel> Worker<S, A, M> {
         };
         let artifact = Artifact::new(job, response, reply.usage, completed_at, latency_ms);
         if let Err(cause) = self.artifacts.put(&key, &artifact).await {
-            warn!(%cause, "could not write the artifact; the job will be retried");
-            return Outcome::Retry;
+            let cause = format!("could not write the artifact: {cause}");
+            return self.release(delivery, job, lease, &cause).await;
         }
-        let completion = Completion {
-            output: artifact.response.text,
-            stop_reason: artifact.response.stop_reason,
-            usage: reply.usage,
-            artifact_key: key,
+        let succeed = Transition::Succeed {
+            lease: lease.clone(),
+            completion: Completion {
+                output: artifact.response.text,
+                stop_reason: artifact.response.stop_reason,
+                usage: reply.usage,
+                artifact_key: key.clone(),
+            },
         };
-        let succeed = Transition::Succeed(completion);
         match self.store.transition(job.id, &succeed, completed_at).await {
-            Ok(Some(_)) => {
+            Ok(Transitioned::Done(_)) => {
                 info!(
                     input_tokens = reply.usage.input_tokens,
                     output_tokens = reply.usage.output_tokens,
@@ -223,8 +318,14 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel> Worker<S, A, M> {
                 );
                 Outcome::Acknowledge
             }
-            Ok(None) => {
-                info!("job was finished by another delivery; message acknowledged");
+            Ok(Transitioned::Refused(current)) => {
+                info!(
+                    status = current.map(|job| job.status.as_str()).unwrap_or("missing"),
+                    "the attempt lost the job (cancelled, or taken over); its artifact is removed"
+                );
+                if let Err(cause) = self.artifacts.delete(&key).await {
+                    warn!(%cause, key, "could not remove the losing attempt's artifact");
+                }
                 Outcome::Acknowledge
             }
             Err(cause) => {
@@ -234,9 +335,62 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel> Worker<S, A, M> {
         }
     }
 
-    async fn fail(&self, job: &Job, code: FailureCode, message: String) -> Outcome {
+    /// A retryable failure: give the job back and let the message return after a short
+    /// backoff, for an attempt with a model call left (else the next delivery fails it).
+    async fn release(
+        &self,
+        delivery: &Delivery<'_>,
+        job: &Job,
+        lease: &LeaseId,
+        cause: &str,
+    ) -> Outcome {
+        let release = Transition::Release {
+            lease: lease.clone(),
+        };
+        match self.store.transition(job.id, &release, Utc::now()).await {
+            Ok(Transitioned::Done(_)) => {}
+            Ok(Transitioned::Refused(_)) => {
+                info!("the job was cancelled or taken over meanwhile; message acknowledged");
+                return Outcome::Acknowledge;
+            }
+            Err(error) => {
+                warn!(%error, "could not release the job; it is retried once its lease ends");
+                return Outcome::Retry;
+            }
+        }
+        let delay = retry_delay(
+            job.attempts,
+            self.settings.retry_base,
+            self.settings.retry_cap,
+            fastrand::f64(),
+        );
+        warn!(%cause, attempt = job.attempts, retry_in_ms = delay.as_millis() as u64, "the attempt failed; the job will be retried");
+        self.come_back(delivery, delay).await
+    }
+
+    /// Reports the message for retry, after `delay` instead of the queue's whole visibility
+    /// timeout.
+    async fn come_back(&self, delivery: &Delivery<'_>, delay: Duration) -> Outcome {
+        if let Some(handle) = &delivery.message.receipt_handle
+            && let Err(cause) = self.queue.redeliver_after(handle, delay).await
+        {
+            warn!(%cause, "could not shorten the wait; the message returns after the visibility timeout");
+        }
+        Outcome::Retry
+    }
+
+    async fn fail(
+        &self,
+        job: &Job,
+        lease: Option<LeaseId>,
+        code: FailureCode,
+        message: String,
+    ) -> Outcome {
         warn!(code = code.as_str(), %message, "job failed");
-        let fail = Transition::Fail(JobFailure::new(code, message));
+        let fail = Transition::Fail {
+            lease,
+            failure: JobFailure::new(code, message),
+        };
         match self.store.transition(job.id, &fail, Utc::now()).await {
             Ok(_) => Outcome::Acknowledge,
             Err(cause) => {
@@ -256,13 +410,28 @@ fn receive_count(message: &SqsMessage) -> u32 {
         .unwrap_or(1)
 }
 
-/// Time until the invocation's deadline (epoch milliseconds; 0 when there is none).
-fn remaining_time(deadline_ms: u64) -> Option<Duration> {
-    if deadline_ms == 0 {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_doubling_with_jitter_up_to_the_cap() {
+        let (base, cap) = (Duration::from_secs(2), Duration::from_secs(60));
+        let cases = [
+            (1, 2.0),
+            (2, 4.0),
+            (3, 8.0),
+            (5, 32.0),
+            (6, 60.0),
+            (40, 60.0),
+        ];
+        for (attempts, ceiling) in cases {
+            let highest = retry_delay(attempts, base, cap, 1.0).as_secs_f64();
+            let lowest = retry_delay(attempts, base, cap, 0.0).as_secs_f64();
+            assert_eq!(highest, ceiling, "after {attempts} calls");
+            assert_eq!(lowest, ceiling / 2.0, "after {attempts} calls");
+            let any = retry_delay(attempts, base, cap, 0.37).as_secs_f64();
+            assert!(lowest <= any && any <= highest);
+        }
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Some(Duration::from_millis(deadline_ms).saturating_sub(now))
 }

@@ -2,7 +2,7 @@
 
 use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use pipeline::adapters::{BedrockTextModel, DynamoJobStore, S3ArtifactStore};
+use pipeline::adapters::{BedrockTextModel, DynamoJobStore, S3ArtifactStore, SqsJobQueue};
 use worker::{Config, Worker};
 
 #[tokio::main]
@@ -12,6 +12,7 @@ async fn main() -> Result<(), Error> {
         DynamoJobStore::new(&aws, config.table),
         S3ArtifactStore::new(&aws, config.artifacts_bucket),
         BedrockTextModel::new(&aws),
+        SqsJobQueue::new(&aws, config.queue_url),
         config.settings,
     );
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async {

@@ -3,13 +3,14 @@ use std::collections::HashMap;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{DateTime, Utc};
 
 use super::describe;
 use crate::domain::{
-    Completion, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Owner,
-    RateWindow, Transition, Usage, format_timestamp, parse_timestamp,
+    Completion, GenerateRequest, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Lease,
+    LeaseId, Owner, RateWindow, Transition, Transitioned, Usage, format_timestamp, parse_timestamp,
 };
 use crate::ports::{Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable};
 
@@ -114,71 +115,152 @@ impl JobStore for DynamoJobStore {
         id: JobId,
         transition: &Transition,
         at: DateTime<Utc>,
-    ) -> Result<Option<Job>, Unavailable> {
+    ) -> Result<Transitioned, Unavailable> {
+        let update = Update::of(transition, at);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .update_expression(update.expression)
+            .condition_expression(update.condition)
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .return_values(ReturnValue::AllNew)
+            // A refusal says why: the job as it is (none: there is no such job).
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Transitioned::Done(item_to_job(
+                output.attributes.as_ref().unwrap_or(&Item::new()),
+            )?)),
+            Err(error) => match error.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(refusal)) => Ok(
+                    Transitioned::Refused(refusal.item.as_ref().map(item_to_job).transpose()?),
+                ),
+                _ => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
+            },
+        }
+    }
+}
+
+/// A transition as one conditional `UpdateItem`: its guard as the condition, so that
+/// DynamoDB applies exactly what `Job::apply` describes, atomically.
+struct Update {
+    expression: String,
+    condition: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Update {
+    fn of(transition: &Transition, at: DateTime<Utc>) -> Self {
         let target = transition.target();
         let mut sets = vec![
             ("status", s(target.as_str())),
             ("updated_at", s(format_timestamp(at))),
         ];
+        if target.is_terminal() {
+            sets.push(("completed_at", s(format_timestamp(at))));
+        }
+        let mut adds = vec![("seq", n(1))];
+        let mut removes = vec!["lease_id", "lease_expires_at"];
         match transition {
-            Transition::Start => {}
-            Transition::Succeed(completion) => sets.extend([
-                ("completed_at", s(format_timestamp(at))),
+            Transition::Start { lease, .. } => {
+                sets.push(("lease_id", s(lease.id.as_str())));
+                sets.push(("lease_expires_at", n(lease.expires_at.timestamp_millis())));
+                adds.push(("attempts", n(1)));
+                removes.clear();
+            }
+            Transition::Succeed { completion, .. } => sets.extend([
                 ("output", s(&completion.output)),
                 ("stop_reason", s(&completion.stop_reason)),
                 ("input_tokens", n(completion.usage.input_tokens)),
                 ("output_tokens", n(completion.usage.output_tokens)),
                 ("artifact_key", s(&completion.artifact_key)),
             ]),
-            Transition::Fail(failure) => sets.extend([
-                ("completed_at", s(format_timestamp(at))),
+            Transition::Fail { failure, .. } => sets.extend([
                 ("error_code", s(&failure.code)),
                 ("error_message", s(&failure.message)),
             ]),
+            Transition::Release { .. } | Transition::Cancel => {}
         }
 
         // Every attribute goes by an alias: `status` and `owner` are DynamoDB reserved words.
-        let mut names = HashMap::new();
-        let mut values = HashMap::new();
-        let mut clauses = Vec::new();
-        for (i, (name, value)) in sets.into_iter().enumerate() {
-            names.insert(format!("#a{i}"), name.to_owned());
-            values.insert(format!(":a{i}"), value);
-            clauses.push(format!("#a{i} = :a{i}"));
-        }
-        let mut update = format!("SET {}", clauses.join(", "));
-        if *transition == Transition::Start {
-            names.insert("#attempts".to_owned(), "attempts".to_owned());
-            values.insert(":one".to_owned(), n(1u64));
-            update.push_str(" ADD #attempts :one");
-        }
-        // `#a0` is `status`. A missing item has no status, so it never matches.
-        let sources: Vec<String> = JobStatus::sources_of(target)
+        let mut update = Self {
+            expression: String::new(),
+            condition: String::new(),
+            names: HashMap::new(),
+            values: HashMap::new(),
+        };
+        let sets: Vec<String> = sets
             .into_iter()
-            .enumerate()
-            .map(|(i, source)| {
-                values.insert(format!(":from{i}"), s(source.as_str()));
-                format!(":from{i}")
-            })
+            .map(|(name, value)| format!("{} = {}", update.name(name), update.value(value)))
             .collect();
-        let condition = format!("#a0 IN ({})", sources.join(", "));
+        let adds: Vec<String> = adds
+            .into_iter()
+            .map(|(name, value)| format!("{} {}", update.name(name), update.value(value)))
+            .collect();
+        update.expression = format!("SET {} ADD {}", sets.join(", "), adds.join(", "));
+        if !removes.is_empty() {
+            let removes: Vec<String> = removes.into_iter().map(|name| update.name(name)).collect();
+            update
+                .expression
+                .push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        update.condition = update.guard(&transition.guard(at));
+        update
+    }
 
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("job_id", s(id.to_string()))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(output) => output.attributes.as_ref().map(item_to_job).transpose(),
-            Err(error) if condition_failed(&error) => Ok(None),
-            Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
+    fn name(&mut self, name: &str) -> String {
+        let alias = format!("#{name}");
+        self.names.insert(alias.clone(), name.to_owned());
+        alias
+    }
+
+    fn value_once(&mut self, alias: &str, value: AttributeValue) -> String {
+        self.values.insert(alias.to_owned(), value);
+        alias.to_owned()
+    }
+
+    fn value(&mut self, value: AttributeValue) -> String {
+        let alias = format!(":v{}", self.values.len());
+        self.values.insert(alias.clone(), value);
+        alias
+    }
+
+    /// The guard as a condition expression. A missing item has no status, so it never matches.
+    /// (DynamoDB refuses names and values that the expressions do not use, so each branch
+    /// makes only its own.)
+    fn guard(&mut self, guard: &Guard) -> String {
+        let status = self.name("status");
+        let running = self.value_once(":running", s(JobStatus::Running.as_str()));
+        match guard {
+            Guard::Free(at) => {
+                let queued = self.value_once(":queued", s(JobStatus::Queued.as_str()));
+                let expires = self.name("lease_expires_at");
+                let now = self.value(n(at.timestamp_millis()));
+                format!(
+                    "({status} = {queued} OR ({status} = {running} AND \
+                     (attribute_not_exists({expires}) OR {expires} <= {now})))"
+                )
+            }
+            Guard::Startable(at, max_attempts) => {
+                let free = self.guard(&Guard::Free(*at));
+                let attempts = self.name("attempts");
+                let max = self.value(n(max_attempts));
+                format!("{free} AND {attempts} < {max}")
+            }
+            Guard::Holds(lease) => {
+                let lease_id = self.name("lease_id");
+                let lease = self.value(s(lease.as_str()));
+                format!("{status} = {running} AND {lease_id} = {lease}")
+            }
+            Guard::Unfinished => {
+                let queued = self.value_once(":queued", s(JobStatus::Queued.as_str()));
+                format!("{status} IN ({queued}, {running})")
+            }
         }
     }
 }
@@ -235,6 +317,7 @@ fn job_to_item(job: &Job) -> Item {
         ("created_at".to_owned(), s(format_timestamp(job.created_at))),
         ("updated_at".to_owned(), s(format_timestamp(job.updated_at))),
         ("expires_at".to_owned(), n(job.expires_at)),
+        ("seq".to_owned(), n(job.seq)),
         ("attempts".to_owned(), n(job.attempts)),
     ]);
     let optional = [
@@ -254,8 +337,8 @@ fn job_to_item(job: &Job) -> Item {
             .into_iter()
             .filter_map(|(name, value)| Some((name.to_owned(), value?))),
     );
-    // New jobs carry no outcome; the worker writes it through `transition`.
-    debug_assert!(job.completion.is_none() && job.failure.is_none());
+    // New jobs carry no outcome and no lease; the rest is written through `transition`.
+    debug_assert!(job.completion.is_none() && job.failure.is_none() && job.lease.is_none());
     item
 }
 
@@ -324,10 +407,22 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         updated_at: required_time("updated_at")?,
         completed_at: time("completed_at")?,
         expires_at,
+        seq: number("seq")?.unwrap_or(0),
         attempts: record
             .number::<u32>("attempts")
             .map_err(corrupt)?
             .unwrap_or(0),
+        lease: match (
+            record.text("lease_id"),
+            record.number::<i64>("lease_expires_at"),
+        ) {
+            (Some(id), Ok(Some(expires_ms))) => Some(Lease {
+                id: LeaseId::from_stored(id),
+                expires_at: DateTime::from_timestamp_millis(expires_ms)
+                    .ok_or_else(|| corrupt("lease_expires_at is out of range".into()))?,
+            }),
+            _ => None,
+        },
         completion,
         failure,
         idempotency_key: record

@@ -38,4 +38,15 @@ impl ArtifactStore for S3ArtifactStore {
             .map_err(|error| Unavailable::new("S3 PutObject", describe(&error)))?;
         Ok(())
     }
+
+    async fn delete(&self, key: &str) -> Result<(), Unavailable> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("S3 DeleteObject", describe(&error)))?;
+        Ok(())
+    }
 }

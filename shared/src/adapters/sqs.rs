@@ -3,9 +3,9 @@ use aws_sdk_sqs::Client;
 
 use super::describe;
 use crate::domain::{JobId, encode_job_message};
-use crate::ports::{JobQueue, Unavailable};
+use crate::ports::{JobQueue, Redelivery, Unavailable};
 
-/// The jobs queue on SQS.
+/// The jobs queue on SQS: the api sends to it, the worker times its messages' return.
 #[derive(Clone, Debug)]
 pub struct SqsJobQueue {
     client: Client,
@@ -30,6 +30,26 @@ impl JobQueue for SqsJobQueue {
             .send()
             .await
             .map_err(|error| Unavailable::new("SQS SendMessage", describe(&error)))?;
+        Ok(())
+    }
+}
+
+impl Redelivery for SqsJobQueue {
+    async fn redeliver_after(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), Unavailable> {
+        // SQS takes whole seconds, at most 12 hours.
+        let seconds = i32::try_from(delay.as_secs().min(43_200)).unwrap_or(43_200);
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("SQS ChangeMessageVisibility", describe(&error)))?;
         Ok(())
     }
 }

@@ -87,10 +87,17 @@ pub enum JobStatus {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 4] = [Self::Queued, Self::Running, Self::Succeeded, Self::Failed];
+    pub const ALL: [JobStatus; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,6 +105,7 @@ impl JobStatus {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -106,25 +114,19 @@ impl JobStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed)
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 
-    /// The state machine. `running → running` is a retry after a failed or lost attempt;
-    /// `queued → failed` is a job that could not be enqueued. A terminal status never changes.
+    /// The state machine. `running → running` is a new attempt after a released or lost
+    /// one; `queued → failed` a job that could not be enqueued; `→ cancelled` the owner's
+    /// stop. A terminal status never changes.
     pub fn can_become(self, next: JobStatus) -> bool {
         use JobStatus::*;
         matches!(
             (self, next),
-            (Queued, Running) | (Queued, Failed) | (Running, Running | Succeeded | Failed)
+            (Queued, Running | Failed | Cancelled)
+                | (Running, Running | Succeeded | Failed | Cancelled)
         )
-    }
-
-    /// The statuses from which `next` may be reached.
-    pub fn sources_of(next: JobStatus) -> Vec<JobStatus> {
-        Self::ALL
-            .into_iter()
-            .filter(|status| status.can_become(next))
-            .collect()
     }
 }
 
@@ -153,10 +155,12 @@ pub struct Completion {
 pub enum FailureCode {
     /// The job was recorded but could not be put on the queue.
     EnqueueFailed,
-    /// The model stayed throttled or unreachable for `MAX_ATTEMPTS` deliveries.
+    /// The model stayed throttled or unreachable for `MAX_ATTEMPTS` model calls.
     ModelUnavailable,
     /// The model refused the request (validation, access, unknown model).
     ModelError,
+    /// The worker stopped before finishing the job (crashes, timeouts), for good.
+    WorkerError,
 }
 
 impl FailureCode {
@@ -165,6 +169,7 @@ impl FailureCode {
             Self::EnqueueFailed => "enqueue_failed",
             Self::ModelUnavailable => "model_unavailable",
             Self::ModelError => "model_error",
+            Self::WorkerError => "worker_error",
         }
     }
 }
@@ -186,23 +191,137 @@ impl JobFailure {
     }
 }
 
-/// A status change, applied by the store only where the state machine allows it.
+/// One attempt's hold on a running job: only its holder may write output or an outcome,
+/// and nobody else may start the job until it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Names one attempt: a random UUID, also part of the attempt's artifact key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    pub fn random() -> Self {
+        Self(Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn from_stored(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Lease {
+    pub fn new(expires_at: DateTime<Utc>) -> Self {
+        Self {
+            id: LeaseId::random(),
+            expires_at,
+        }
+    }
+
+    pub fn is_live(&self, at: DateTime<Utc>) -> bool {
+        self.expires_at > at
+    }
+}
+
+/// A change of a job's record. The store applies it only where its [`Guard`] admits the job
+/// as it is, atomically, so that racing workers, the owner and recovery never overwrite each
+/// other; every change that is applied increases the job's `seq`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transition {
-    /// A model attempt begins: `queued|running → running`, one more attempt counted.
-    Start,
-    Succeed(Completion),
-    Fail(JobFailure),
+    /// An attempt takes the job, which no live lease holds and which has had fewer than
+    /// `max_attempts` model calls: `queued|running → running`, with its lease and one more
+    /// model call counted.
+    Start { lease: Lease, max_attempts: u32 },
+    /// The attempt holding the lease ends with the model's answer.
+    Succeed {
+        lease: LeaseId,
+        completion: Completion,
+    },
+    /// The attempt holding the lease gives the job back for a later attempt (a retryable
+    /// failure): it stays `running`, with no lease.
+    Release { lease: LeaseId },
+    /// The attempt holding the lease fails the job; with no lease, a job that no live lease
+    /// holds (a failed enqueue, a stranded job).
+    Fail {
+        lease: Option<LeaseId>,
+        failure: JobFailure,
+    },
+    /// The owner stops the job, whoever is working on it.
+    Cancel,
+}
+
+/// When a transition may be applied to a job as it is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Guard {
+    /// The job is `queued`, or `running` with no live lease at this time.
+    Free(DateTime<Utc>),
+    /// Free, and it has had fewer model calls than this.
+    Startable(DateTime<Utc>, u32),
+    /// The job is `running` under this lease.
+    Holds(LeaseId),
+    /// The job is `queued` or `running`, whatever its lease.
+    Unfinished,
+}
+
+impl Guard {
+    pub fn admits(&self, job: &Job) -> bool {
+        match self {
+            Self::Free(at) => match job.status {
+                JobStatus::Queued => true,
+                JobStatus::Running => !job.lease.as_ref().is_some_and(|lease| lease.is_live(*at)),
+                _ => false,
+            },
+            Self::Startable(at, max_attempts) => {
+                job.attempts < *max_attempts && Self::Free(*at).admits(job)
+            }
+            Self::Holds(id) => {
+                job.status == JobStatus::Running
+                    && job.lease.as_ref().is_some_and(|lease| lease.id == *id)
+            }
+            Self::Unfinished => !job.status.is_terminal(),
+        }
+    }
 }
 
 impl Transition {
     pub fn target(&self) -> JobStatus {
         match self {
-            Self::Start => JobStatus::Running,
-            Self::Succeed(_) => JobStatus::Succeeded,
-            Self::Fail(_) => JobStatus::Failed,
+            Self::Start { .. } | Self::Release { .. } => JobStatus::Running,
+            Self::Succeed { .. } => JobStatus::Succeeded,
+            Self::Fail { .. } => JobStatus::Failed,
+            Self::Cancel => JobStatus::Cancelled,
         }
     }
+
+    /// When the transition may be applied, `at` the time it is applied.
+    pub fn guard(&self, at: DateTime<Utc>) -> Guard {
+        match self {
+            Self::Start { max_attempts, .. } => Guard::Startable(at, *max_attempts),
+            Self::Fail { lease: None, .. } => Guard::Free(at),
+            Self::Succeed { lease, .. }
+            | Self::Release { lease }
+            | Self::Fail {
+                lease: Some(lease), ..
+            } => Guard::Holds(lease.clone()),
+            Self::Cancel => Guard::Unfinished,
+        }
+    }
+}
+
+/// What became of a transition.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transitioned {
+    /// Applied: the job as it is now.
+    Done(Job),
+    /// Refused by its guard: the job as it is (`None`: there is no such job).
+    Refused(Option<Job>),
 }
 
 /// One generation job: the single source of truth for what was asked and what came of it.
@@ -217,8 +336,12 @@ pub struct Job {
     pub completed_at: Option<DateTime<Utc>>,
     /// When the table's TTL may delete the record, in epoch seconds.
     pub expires_at: i64,
-    /// Model calls started, for the operator.
+    /// Grows with every change of the record.
+    pub seq: u64,
+    /// Model calls started: what `MAX_ATTEMPTS` bounds.
     pub attempts: u32,
+    /// While `running`: the attempt that holds the job, if one does.
+    pub lease: Option<Lease>,
     pub completion: Option<Completion>,
     pub failure: Option<JobFailure>,
     pub idempotency_key: Option<IdempotencyKey>,
@@ -246,16 +369,50 @@ impl Job {
             updated_at: now,
             completed_at: None,
             expires_at: (now + time_to_live).timestamp(),
+            seq: 0,
             attempts: 0,
+            lease: None,
             completion: None,
             failure: None,
             idempotency_key,
         }
     }
 
-    /// Where the worker writes this job's artifact, and where the status function finds it.
-    pub fn artifact_key(&self) -> String {
-        format!("artifacts/{}/{}.json", self.owner.as_str(), self.id)
+    /// Where the attempt holding `lease` writes its artifact: one key per attempt, so that
+    /// an attempt that loses a race never overwrites the winner's.
+    pub fn artifact_key(&self, lease: &LeaseId) -> String {
+        format!(
+            "artifacts/{}/{}/{}.json",
+            self.owner.as_str(),
+            self.id,
+            lease.as_str()
+        )
+    }
+
+    /// The job after `transition` at `at`, or `None` if its guard refuses it. The store
+    /// applies the same rule atomically; this is its reference, and what fakes use.
+    pub fn apply(&self, transition: &Transition, at: DateTime<Utc>) -> Option<Job> {
+        if !transition.guard(at).admits(self) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.status = transition.target();
+        next.updated_at = at;
+        next.seq += 1;
+        next.lease = None;
+        if next.status.is_terminal() {
+            next.completed_at = Some(at);
+        }
+        match transition {
+            Transition::Start { lease, .. } => {
+                next.lease = Some(lease.clone());
+                next.attempts += 1;
+            }
+            Transition::Succeed { completion, .. } => next.completion = Some(completion.clone()),
+            Transition::Fail { failure, .. } => next.failure = Some(failure.clone()),
+            Transition::Release { .. } | Transition::Cancel => {}
+        }
+        Some(next)
     }
 }
 
@@ -269,9 +426,11 @@ mod tests {
         let allowed = [
             (Queued, Running),
             (Queued, Failed),
+            (Queued, Cancelled),
             (Running, Running),
             (Running, Succeeded),
             (Running, Failed),
+            (Running, Cancelled),
         ];
         for from in JobStatus::ALL {
             for to in JobStatus::ALL {
@@ -286,27 +445,110 @@ mod tests {
 
     #[test]
     fn terminal_statuses_never_change() {
-        for from in [Succeeded, Failed] {
+        for from in [Succeeded, Failed, Cancelled] {
             assert!(from.is_terminal());
             assert!(JobStatus::ALL.iter().all(|&to| !from.can_become(to)));
         }
     }
 
+    fn job_in(status: JobStatus, lease: Option<Lease>) -> Job {
+        let request = GenerateRequest {
+            prompt: "hi".into(),
+            model: "m".into(),
+            max_tokens: 1,
+            temperature: None,
+            system: None,
+        };
+        let now = DateTime::from_timestamp(1_795_860_000, 0).unwrap();
+        let mut job = Job::queued(Owner::new("o"), request, None, now, Duration::days(1));
+        job.status = status;
+        job.lease = lease;
+        job.seq = 7;
+        job.attempts = 1;
+        job
+    }
+
+    /// Every transition against every kind of job: which are applied, and what they change.
     #[test]
-    fn transitions_name_their_sources() {
-        assert_eq!(
-            JobStatus::sources_of(Transition::Start.target()),
-            [Queued, Running]
-        );
-        let success = Transition::Succeed(Completion {
-            output: String::new(),
+    fn transitions_are_applied_only_where_their_guard_admits_the_job() {
+        let now = DateTime::from_timestamp(1_795_860_100, 0).unwrap();
+        let lease_a = Lease::new(now + Duration::seconds(60));
+        let expired_a = Lease {
+            expires_at: now - Duration::seconds(1),
+            ..lease_a.clone()
+        };
+        let a = lease_a.id.clone();
+        let jobs = [
+            ("queued", job_in(Queued, None)),
+            (
+                "running under a live lease A",
+                job_in(Running, Some(lease_a.clone())),
+            ),
+            (
+                "running under an expired lease A",
+                job_in(Running, Some(expired_a)),
+            ),
+            ("running, released", job_in(Running, None)),
+            ("succeeded", job_in(Succeeded, None)),
+            ("failed", job_in(Failed, None)),
+            ("cancelled", job_in(Cancelled, None)),
+        ];
+        let failure = JobFailure::new(FailureCode::ModelError, "no");
+        let completion = Completion {
+            output: "text".into(),
             stop_reason: "end_turn".into(),
             usage: Usage::default(),
-            artifact_key: String::new(),
-        });
-        assert_eq!(JobStatus::sources_of(success.target()), [Running]);
-        let failure = Transition::Fail(JobFailure::new(FailureCode::ModelError, "no"));
-        assert_eq!(JobStatus::sources_of(failure.target()), [Queued, Running]);
+            artifact_key: "k".into(),
+        };
+        let lease_b = Lease::new(now + Duration::seconds(60));
+        let start = |max_attempts| Transition::Start {
+            lease: lease_b.clone(),
+            max_attempts,
+        };
+        #[rustfmt::skip]
+        let cases: [(&str, Transition, [bool; 7]); 9] = [
+            //                                             queued live  expired released succ   failed cancelled
+            ("start B", start(2), [true, false, true, true, false, false, false]),
+            ("start B after the last call", start(1), [false; 7]),
+            ("succeed A", Transition::Succeed { lease: a.clone(), completion }, [false, true, true, false, false, false, false]),
+            ("release A", Transition::Release { lease: a.clone() }, [false, true, true, false, false, false, false]),
+            ("fail A", Transition::Fail { lease: Some(a.clone()), failure: failure.clone() }, [false, true, true, false, false, false, false]),
+            ("fail unheld", Transition::Fail { lease: None, failure: failure.clone() }, [true, false, true, true, false, false, false]),
+            ("cancel", Transition::Cancel, [true, true, true, true, false, false, false]),
+            ("succeed B", Transition::Succeed { lease: lease_b.id.clone(), completion: Completion { output: String::new(), stop_reason: String::new(), usage: Usage::default(), artifact_key: String::new() } }, [false; 7]),
+            ("release B", Transition::Release { lease: lease_b.id.clone() }, [false; 7]),
+        ];
+        for (name, transition, admitted) in cases {
+            for ((state, job), admitted) in jobs.iter().zip(admitted) {
+                let next = job.apply(&transition, now);
+                assert_eq!(next.is_some(), admitted, "{name} on a job {state}");
+                let Some(next) = next else { continue };
+                assert_eq!(next.status, transition.target(), "{name} on {state}");
+                assert_eq!(next.seq, job.seq + 1, "every change grows seq");
+                assert_eq!(next.updated_at, now);
+                assert_eq!(next.completed_at.is_some(), next.status.is_terminal());
+                match &transition {
+                    Transition::Start { lease, .. } => {
+                        assert_eq!(next.lease.as_ref(), Some(lease));
+                        assert_eq!(next.attempts, job.attempts + 1, "a model call counted");
+                    }
+                    _ => {
+                        assert_eq!(next.lease, None, "{name} ends the lease");
+                        assert_eq!(next.attempts, job.attempts);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_attempt_has_its_own_artifact_key() {
+        let job = job_in(Running, None);
+        let (a, b) = (LeaseId::random(), LeaseId::random());
+        assert_ne!(job.artifact_key(&a), job.artifact_key(&b));
+        let prefix = format!("artifacts/o/{}", job.id);
+        assert!(job.artifact_key(&a).starts_with(&prefix));
+        assert!(job.artifact_key(&a).ends_with(".json"));
     }
 
     #[test]

@@ -11,8 +11,8 @@ mod time;
 pub use artifact::{Artifact, ArtifactRequest, ArtifactResponse};
 pub use error::{ErrorCode, RequestError};
 pub use job::{
-    Completion, FailureCode, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Owner, Transition,
-    Usage,
+    Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Lease,
+    LeaseId, Owner, Transition, Transitioned, Usage,
 };
 pub use message::{decode_job_message, encode_job_message};
 pub use quota::RateWindow;

@@ -28,6 +28,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::NotCancellable => StatusCode::CONFLICT,
         ErrorCode::PromptTooLong => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,6 +73,13 @@ impl ApiError {
 
     pub fn job_not_found() -> Self {
         Self::new(ErrorCode::NotFound, "No job with this id belongs to you.")
+    }
+
+    pub fn not_cancellable(status: &str) -> Self {
+        Self::new(
+            ErrorCode::NotCancellable,
+            format!("The job has already {status}; only a queued or running job can be cancelled."),
+        )
     }
 
     /// `allowed` is what goes in the `Allow` header, e.g. `POST` or `GET,HEAD`.

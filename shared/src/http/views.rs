@@ -48,6 +48,10 @@ pub struct JobView {
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// Grows with every change of the record.
+    pub seq: u64,
+    /// Model calls started.
+    pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,8 @@ impl JobView {
                 .completed_at
                 .filter(|_| job.status.is_terminal())
                 .map(format_timestamp),
+            seq: job.seq,
+            attempts: job.attempts,
             output: completion.map(|c| c.output.clone()),
             usage: completion.map(|c| c.usage),
             artifact: completion.map(|c| ArtifactLocation {

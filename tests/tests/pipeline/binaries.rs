@@ -46,9 +46,15 @@ fn each_function_names_its_missing_variable_and_stops() {
         ("worker", vec![("JOBS_TABLE", "jobs")], "ARTIFACTS_BUCKET"),
         (
             "worker",
+            vec![("JOBS_TABLE", "jobs"), ("ARTIFACTS_BUCKET", "b")],
+            "JOBS_QUEUE_URL",
+        ),
+        (
+            "worker",
             vec![
                 ("JOBS_TABLE", "jobs"),
                 ("ARTIFACTS_BUCKET", "b"),
+                ("JOBS_QUEUE_URL", "http://q"),
                 ("MAX_ATTEMPTS", "0"),
             ],
             "MAX_ATTEMPTS",

@@ -26,7 +26,11 @@ async fn an_iam_principal_owns_and_polls_its_jobs() {
     );
 
     stack.deliver_once(&stack.worker()).await;
-    let key = format!("artifacts/{CI_ROLE}/{job_id}.json");
+    let key = stack.item(&job_id).await.unwrap()["artifact_key"]
+        .as_s()
+        .unwrap()
+        .clone();
+    assert!(key.starts_with(&format!("artifacts/{CI_ROLE}/{job_id}/")));
     assert_eq!(stack.artifact(&key).await.unwrap().1["owner"], CI_ROLE);
 
     let path = format!("/jobs/{job_id}");

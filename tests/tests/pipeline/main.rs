@@ -5,6 +5,7 @@ mod binaries;
 mod gateway;
 mod generate;
 mod iam_callers;
+mod lifecycle;
 mod model_providers;
 mod round_trip;
 mod sample_events;

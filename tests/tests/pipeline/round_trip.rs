@@ -102,8 +102,12 @@ async fn a_prompt_goes_all_the_way_to_an_artifact_and_back() {
         output.contains("offline model") && output.ends_with("Explain SQS visibility timeouts")
     );
     assert_eq!(text("stop_reason"), "end_turn");
-    let key = format!("artifacts/user-a/{job_id}.json");
-    assert_eq!(text("artifact_key"), key);
+    // One artifact per attempt: the record names the one that matches it.
+    let key = text("artifact_key");
+    assert!(
+        key.starts_with(&format!("artifacts/user-a/{job_id}/")) && key.ends_with(".json"),
+        "{key}"
+    );
     let completed_at = text("completed_at");
     assert!(parse_timestamp(&completed_at).unwrap() >= created);
     let output_tokens = output.split_whitespace().count().to_string();

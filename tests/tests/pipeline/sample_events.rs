@@ -53,6 +53,7 @@ fn there_is_a_sample_for_each_input() {
         [
             "generate-invalid.json",
             "generate.json",
+            "job-cancel.json",
             "job-status.json",
             "jobs-list.json",
             "worker-batch.json"
@@ -85,7 +86,7 @@ async fn generate_invalid_json_is_refused_with_the_field_named() {
 }
 
 #[tokio::test]
-async fn job_status_and_jobs_list_show_the_owners_job() {
+async fn job_status_jobs_list_and_job_cancel_act_on_the_owners_job() {
     let stack = Stack::new().await;
     let status_event: ApiGatewayV2httpRequest = sample("job-status.json");
     let id = status_event.path_parameters["id"].clone();
@@ -106,6 +107,12 @@ async fn job_status_and_jobs_list_show_the_owners_job() {
     let response = stack.status().handle(sample("jobs-list.json")).await;
     assert_eq!(response.status_code, 200);
     assert_eq!(json_body(&response)["jobs"][0]["job_id"], id);
+
+    let cancel: ApiGatewayV2httpRequest = sample("job-cancel.json");
+    assert_eq!(cancel.path_parameters["id"], id, "the same job");
+    let response = stack.status().handle(cancel.clone()).await;
+    assert_eq!(response.status_code, 200, "{:?}", response.body);
+    assert_eq!(json_body(&response)["status"], "cancelled");
 }
 
 #[tokio::test]

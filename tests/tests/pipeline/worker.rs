@@ -271,6 +271,10 @@ async fn no_job_succeeds_without_its_artifact() {
     let worker = stack.worker();
     stack.deliver_once(&worker).await;
     assert_eq!(status_of(&stack, &job_id).await.0, "succeeded");
-    let key = format!("artifacts/user-a/{job_id}.json");
+    let key = stack.item(&job_id).await.unwrap()["artifact_key"]
+        .as_s()
+        .unwrap()
+        .clone();
     assert!(stack.artifact(&key).await.is_some());
+    assert_eq!(stack.artifact_count().await, 1);
 }
