@@ -116,7 +116,8 @@ struct Options {
     #[arg(long, default_value_t = 0.0, value_parser = rate, value_name = "RATE")]
     error_rate: f64,
     /// Seconds one worker invocation may take; also the queue's visibility timeout, after
-    /// which a job whose attempt failed is tried again.
+    /// which a message whose invocation died comes back (failed attempts come back sooner,
+    /// after RETRY_BASE_SECONDS doubling).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     worker_timeout: u64,
     /// The static web UI to serve.
