@@ -53,8 +53,9 @@ enum Provider {
     version,
     args_conflicts_with_subcommands = true,
     after_help = "The functions' settings (MODEL_ID, ALLOWED_MODEL_IDS, MAX_PROMPT_CHARS, \
-MAX_OUTPUT_TOKENS, JOB_TTL_DAYS, MAX_JOBS_PER_MINUTE, MAX_ATTEMPTS, ALLOWED_ORIGIN, \
-COGNITO_REVOCATION_CHECK) are read from the environment, as the functions read them."
+MAX_OUTPUT_TOKENS, JOB_TTL_DAYS, MAX_JOBS_PER_MINUTE, MAX_ATTEMPTS, RETRY_BASE_SECONDS, \
+RETRY_MAX_SECONDS, ALLOWED_ORIGIN, COGNITO_REVOCATION_CHECK) are read from the environment, as \
+the functions read them."
 )]
 struct Cli {
     #[command(subcommand)]

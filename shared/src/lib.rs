@@ -5,12 +5,15 @@
 //! - [`ports`]: the traits the handlers are written against (job store, job queue, artifact
 //!   store, text model, session check).
 //! - [`adapters`]: one implementation of a port per AWS service.
+//! - `fakes` (tests and the `fakes` feature only): in-memory ports for unit tests.
 //! - [`config`], [`http`], [`telemetry`], [`aws`]: the glue every function needs at its edges.
 
 pub mod adapters;
 pub mod aws;
 pub mod config;
 pub mod domain;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 pub mod http;
 pub mod ports;
 pub mod telemetry;

@@ -3,9 +3,11 @@
 `local-stack` (from `LOCAL_STACK_BIN`, else `$CARGO_TARGET_DIR/debug/local-stack`, else
 `target/debug/local-stack`) is started once for the session from the repository's root, on a
 free port of 127.0.0.1, with the template's defaults for the quota (`MAX_JOBS_PER_MINUTE=30`)
-and the revocation check (`COGNITO_REVOCATION_CHECK=true`), and stopped at the end. Every
-answer a test gets through `Caller` is validated against `docs/openapi.yaml` with openapi-core:
-status, headers and body.
+and the revocation check (`COGNITO_REVOCATION_CHECK=true`), and stopped at the end. When a
+selected test needs jobs that stay unfinished for a while (cancellation), a second stack whose
+model answers after `SLOW_MODEL_MS` is started alongside the first (so that both boot at
+once). Every answer a test gets through `Caller` is validated against `docs/openapi.yaml` with
+openapi-core: status, headers and body.
 """
 
 import copy
@@ -47,7 +49,12 @@ FUNCTION_SETTINGS = {
     "COGNITO_REVOCATION_CHECK",
     "MAX_JOBS_PER_MINUTE",
     "MAX_ATTEMPTS",
+    "RETRY_BASE_SECONDS",
+    "RETRY_MAX_SECONDS",
 }
+# The slow stack's model latency: long enough that a job is reliably still running (and the
+# next one still queued, the local worker taking one batch at a time) while a test cancels it.
+SLOW_MODEL_MS = 2000
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 30
 
@@ -70,7 +77,7 @@ def free_port() -> int:
 class Stack:
     """One running `local-stack`, its output in files (so that no pipe ever fills up)."""
 
-    def __init__(self, binary: pathlib.Path, env: dict):
+    def __init__(self, binary: pathlib.Path, env: dict, args: tuple = (), wait: bool = True):
         if not binary.is_file():
             pytest.fail(
                 f"no local-stack binary at {binary}: build it (cargo build --workspace --bins) "
@@ -82,7 +89,7 @@ class Stack:
         self._stdout = open(self.logs / "stdout.log", "wb")
         self._stderr = open(self.logs / "stderr.log", "wb")
         self.process = subprocess.Popen(
-            [str(binary), "--port", str(self.port)],
+            [str(binary), "--port", str(self.port), *args],
             cwd=ROOT,
             env={
                 **{
@@ -98,18 +105,23 @@ class Stack:
             # Its own process group: moto and its wrapper shell are stopped with it.
             start_new_session=True,
         )
-        self._wait_until_ready()
+        self._ready = False
+        if wait:
+            self.wait_until_ready()
 
     def output(self) -> str:
         return "".join(
             (self.logs / name).read_text(errors="replace") for name in ("stderr.log", "stdout.log")
         )
 
-    def _wait_until_ready(self):
+    def wait_until_ready(self):
+        if self._ready:
+            return
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             stderr = (self.logs / "stderr.log").read_text(errors="replace")
             if any(line.startswith("Ready in") for line in stderr.splitlines()):
+                self._ready = True
                 return
             if self.process.poll() is not None:
                 self.stop()
@@ -307,20 +319,51 @@ def contract() -> Contract:
     return Contract(SPEC_PATH)
 
 
+# As the template deploys it: a quota per caller, and signed-out tokens refused.
+TEMPLATE_SETTINGS = {
+    "MAX_JOBS_PER_MINUTE": str(JOBS_PER_MINUTE),
+    "COGNITO_REVOCATION_CHECK": "true",
+}
+
+
 @pytest.fixture(scope="session")
-def stack(request):
-    # As the template deploys it: a quota per caller, and signed-out tokens refused.
-    running = Stack(
-        local_stack_binary(),
-        {"MAX_JOBS_PER_MINUTE": str(JOBS_PER_MINUTE), "COGNITO_REVOCATION_CHECK": "true"},
-    )
-    yield running
-    running.stop()
-    # The stack's log (one line per request and per job) is kept only when a test failed.
-    if request.session.testsfailed:
-        print(f"\nlocal-stack's log: {running.logs}")
-    else:
-        shutil.rmtree(running.logs, ignore_errors=True)
+def stacks(request):
+    """The session's stacks, by name, each started at most once and stopped at the end."""
+    running: dict[str, Stack] = {}
+
+    def start(name: str, args: tuple = (), wait: bool = True) -> Stack:
+        if name not in running:
+            running[name] = Stack(local_stack_binary(), TEMPLATE_SETTINGS, args, wait=False)
+        if wait:
+            running[name].wait_until_ready()
+        return running[name]
+
+    yield start
+    for name, stack in running.items():
+        stack.stop()
+        # The stack's log (one line per request and per job) is kept only when a test failed.
+        if request.session.testsfailed:
+            print(f"\nlocal-stack's log ({name}): {stack.logs}")
+        else:
+            shutil.rmtree(stack.logs, ignore_errors=True)
+
+
+SLOW_ARGS = ("--latency-ms", str(SLOW_MODEL_MS))
+
+
+@pytest.fixture(scope="session")
+def stack(request, stacks):
+    # The slow stack boots alongside when a selected test will need it.
+    if any("slow_stack" in item.fixturenames for item in request.session.items):
+        stacks("slow", SLOW_ARGS, wait=False)
+    return stacks("main")
+
+
+@pytest.fixture(scope="session")
+def slow_stack(stacks):
+    """A second stack whose model answers after SLOW_MODEL_MS, and as the template deploys
+    it otherwise: its jobs stay queued or running long enough to be cancelled."""
+    return stacks("slow", SLOW_ARGS)
 
 
 @pytest.fixture(scope="session")
@@ -338,6 +381,16 @@ def demo_tokens(stack, web_config) -> dict:
 @pytest.fixture(scope="session")
 def demo(stack, contract, demo_tokens) -> Caller:
     return Caller(stack, contract, demo_tokens["AccessToken"], DEMO_EMAIL)
+
+
+@pytest.fixture(scope="session")
+def slow_demo(slow_stack, contract) -> Caller:
+    """The demo user of the slow stack (its own user pool)."""
+    response = requests.get(f"{slow_stack.url}/config.json", timeout=REQUEST_TIMEOUT_S)
+    response.raise_for_status()
+    client_id = response.json()["userPoolClientId"]
+    tokens = sign_in(slow_stack, client_id, DEMO_EMAIL, DEMO_PASSWORD)
+    return Caller(slow_stack, contract, tokens["AccessToken"], DEMO_EMAIL)
 
 
 @pytest.fixture(scope="session")

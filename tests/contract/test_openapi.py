@@ -32,6 +32,7 @@ ERROR_CODES = {
     401: {"unauthorized"},
     404: {"not_found"},
     405: {"method_not_allowed"},
+    409: {"not_cancellable"},
     413: {"prompt_too_long"},
     429: {"rate_limited"},
     500: {"internal"},
@@ -102,6 +103,8 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
         ("/jobs", "options"): {204},
         ("/jobs/{id}", "get"): {200, 401, 404, 500, 503},
         ("/jobs/{id}", "options"): {204},
+        ("/jobs/{id}/cancel", "post"): {200, 401, 404, 409, 500, 503},
+        ("/jobs/{id}/cancel", "options"): {204},
     }
     for (path, method), operation in operations(spec).items():
         for status, response in operation["responses"].items():
@@ -111,6 +114,7 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
     responses = spec["components"]["responses"]
     assert codes_of(spec, responses["NotFound"]) == ERROR_CODES[404]
     assert codes_of(spec, responses["MethodNotAllowed"]) == ERROR_CODES[405]
+    assert codes_of(spec, responses["NotCancellable"]) == ERROR_CODES[409]
     every_code = set(
         spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
     )
@@ -143,27 +147,35 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
     key = spec["components"]["parameters"]["IdempotencyKey"]["schema"]
     assert (key["minLength"], key["maxLength"]) == (1, 128)
 
+    # The job's lifecycle: the cancelled status, and seq and attempts on every job object.
+    schemas = spec["components"]["schemas"]
+    assert schemas["JobStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    for name in ("Job", "JobSummary"):
+        assert {"seq", "attempts"} <= set(schemas[name]["required"]), name
+    assert set(schemas["JobError"]["properties"]["code"]["enum"]) == {
+        "enqueue_failed",
+        "model_unavailable",
+        "model_error",
+        "worker_error",
+    }
+
     schemes = spec["components"]["securitySchemes"]
     assert schemes["cognitoJwt"]["scheme"] == "bearer"
     assert "ApiAuth=iam" in schemes["iamSigV4"]["description"]
 
 
 def test_the_document_holds_nothing_that_is_only_planned(contract):
-    """Cancellation, long-poll, Prefer: wait, seq, attempts and the cancelled status are
-    contract v2 features not built yet (docs/contract.md, Planned): not in the document."""
+    """Long-poll (wait, after), Prefer: wait and streaming are contract v2 features not built
+    yet (docs/contract.md, Planned): not in the document. (Partial output while running is
+    refused by the drifted-answer cases below.)"""
     spec = contract.spec
-    assert not [path for path in spec["paths"] if "cancel" in path]
-    schemas = spec["components"]["schemas"]
-    assert "cancelled" not in schemas["JobStatus"]["enum"]
-    for name in ("Job", "JobSummary", "SubmittedJob"):
-        assert not {"seq", "attempts"} & set(schemas[name]["properties"]), name
     for (path, method), operation in operations(spec).items():
         names = {resolved(spec, p)["name"].lower() for p in operation.get("parameters", [])}
         assert not names & {"wait", "after", "prefer"}, f"{method} {path}"
         for response in operation["responses"].values():
             headers = {h.lower() for h in resolved(spec, response).get("headers", {})}
             assert "preference-applied" not in headers, f"{method} {path}"
-    assert "not_cancellable" not in json.dumps(spec)
+    assert "STREAM_FLUSH_MS" not in json.dumps(spec)
 
 
 # The document must refuse answers that drifted. Each case below breaks one rule of a good
@@ -180,7 +192,12 @@ GOOD_JOB = {
     "completed_at": "2026-11-22T10:00:01.000Z",
     "output": "Hi there.",
     "usage": {"input_tokens": 12, "output_tokens": 80},
-    "artifact": {"bucket": "bedrock-jobs-artifacts", "key": f"artifacts/user-1/{JOB_ID}.json"},
+    "seq": 2,
+    "attempts": 1,
+    "artifact": {
+        "bucket": "bedrock-jobs-artifacts",
+        "key": f"artifacts/user-1/{JOB_ID}/{'a1' * 16}.json",
+    },
 }
 FAILED_JOB = {
     **{k: v for k, v in GOOD_JOB.items() if k not in ("output", "usage", "artifact")},
@@ -189,7 +206,13 @@ FAILED_JOB = {
 }
 QUEUED_JOB = {
     k: v for k, v in GOOD_JOB.items() if k not in ("output", "usage", "artifact", "completed_at")
-} | {"status": "queued"}
+} | {"status": "queued", "seq": 0, "attempts": 0}
+RUNNING_JOB = QUEUED_JOB | {"status": "running", "seq": 1, "attempts": 1}
+CANCELLED_JOB = RUNNING_JOB | {
+    "status": "cancelled",
+    "seq": 2,
+    "completed_at": GOOD_JOB["completed_at"],
+}
 SUMMARY = {k: v for k, v in GOOD_JOB.items() if k != "output"}
 SUBMITTED = {
     "job_id": JOB_ID,
@@ -206,14 +229,14 @@ def error_body(code, message="A sentence for a person."):
 
 def exchange(method, path, status, body, headers=None, query=None, as_response=None):
     """A request and an answer as openapi-core's protocol objects."""
-    pattern = {"/generate": "/generate", "/jobs": "/jobs"}.get(path, "/jobs/{id}")
+    if path in ("/generate", "/jobs"):
+        pattern, view_args = path, None
+    elif path.endswith("/cancel"):
+        pattern, view_args = "/jobs/{id}/cancel", {"id": path.split("/")[2]}
+    else:
+        pattern, view_args = "/jobs/{id}", {"id": path.rsplit("/", 1)[-1]}
     request = MockRequest(
-        LOCAL,
-        method,
-        path,
-        path_pattern=pattern,
-        args=query,
-        view_args={"id": path.rsplit("/", 1)[-1]} if pattern == "/jobs/{id}" else None,
+        LOCAL, method, path, path_pattern=pattern, args=query, view_args=view_args
     )
     response = MockResponse(
         json.dumps(body).encode(), status_code=status, headers={**CORS, **(headers or {})}
@@ -230,6 +253,10 @@ LOCATION = {"Location": f"/jobs/{JOB_ID}"}
 
 def job_answer(body):
     return ("get", f"/jobs/{JOB_ID}", 200, body)
+
+
+def cancel_answer(status, body):
+    return ("post", f"/jobs/{JOB_ID}/cancel", status, body)
 
 
 def page_answer(body):
@@ -256,7 +283,20 @@ GOOD_EXCHANGES = {
     "succeeded job": job_answer(GOOD_JOB),
     "failed job": job_answer(FAILED_JOB),
     "queued job": job_answer(QUEUED_JOB),
+    "running job": job_answer(RUNNING_JOB),
+    "cancelled job": job_answer(CANCELLED_JOB),
+    "worker_error": job_answer(
+        FAILED_JOB | {"error": {"code": "worker_error", "message": "The worker stopped."}}
+    ),
+    "an artifact of a record before per-attempt keys": job_answer(
+        GOOD_JOB | {"artifact": {"bucket": "b", "key": f"artifacts/user-1/{JOB_ID}.json"}}
+    ),
     "list": page_answer({"jobs": [SUMMARY], "next_cursor": None}),
+    "list of every status": page_answer(
+        {"jobs": [SUMMARY, FAILED_JOB, QUEUED_JOB, RUNNING_JOB, CANCELLED_JOB], "next_cursor": None}
+    ),
+    "cancel 200": cancel_answer(200, CANCELLED_JOB),
+    "cancel 409": cancel_answer(409, error_body("not_cancellable")),
     "202": submit_answer(202, SUBMITTED, LOCATION),
     "repeat 200": submit_answer(200, SUBMITTED | {"status": "running"}, LOCATION),
     "400": submit_answer(400, error_body("invalid_request")),
@@ -264,8 +304,26 @@ GOOD_EXCHANGES = {
     "405": wrong_method_answer({"Allow": "POST"}),
 }
 DRIFTED_EXCHANGES = {
-    "a field the contract does not have (seq)": job_answer(GOOD_JOB | {"seq": 3}),
-    "a planned status (cancelled)": job_answer(QUEUED_JOB | {"status": "cancelled"}),
+    "a field the contract does not have (lease_id)": job_answer(GOOD_JOB | {"lease_id": "a1"}),
+    "a status the contract does not have (expired)": job_answer(QUEUED_JOB | {"status": "expired"}),
+    "a job without seq": job_answer(without(GOOD_JOB, "seq")),
+    "a job without attempts": job_answer(without(QUEUED_JOB, "attempts")),
+    "a negative seq": job_answer(QUEUED_JOB | {"seq": -1}),
+    "seq as text": job_answer(QUEUED_JOB | {"seq": "0"}),
+    "attempts that are not whole": job_answer(RUNNING_JOB | {"attempts": 1.5}),
+    "a list entry without seq": page_answer(
+        {"jobs": [without(SUMMARY, "seq")], "next_cursor": None}
+    ),
+    "cancelled without completed_at": job_answer(without(CANCELLED_JOB, "completed_at")),
+    "cancelled with (partial) output": job_answer(CANCELLED_JOB | {"output": "Hi"}),
+    "cancelled with usage": job_answer(CANCELLED_JOB | {"usage": GOOD_JOB["usage"]}),
+    "cancelled with an artifact": job_answer(CANCELLED_JOB | {"artifact": GOOD_JOB["artifact"]}),
+    "cancelled with an error": job_answer(CANCELLED_JOB | {"error": FAILED_JOB["error"]}),
+    "running with partial output (planned)": job_answer(RUNNING_JOB | {"output": "Hi"}),
+    "a cancel answer that is not cancelled": cancel_answer(200, GOOD_JOB),
+    "a cancel answer without attempts": cancel_answer(200, without(CANCELLED_JOB, "attempts")),
+    "a 409 with a code of another status": cancel_answer(409, error_body("invalid_request")),
+    "a 409 for the submission": submit_answer(409, error_body("not_cancellable")),
     "succeeded without output": job_answer(without(GOOD_JOB, "output")),
     "succeeded without artifact": job_answer(without(GOOD_JOB, "artifact")),
     "succeeded with an error": job_answer(GOOD_JOB | {"error": FAILED_JOB["error"]}),
@@ -278,8 +336,11 @@ DRIFTED_EXCHANGES = {
     "an artifact outside artifacts/": job_answer(
         GOOD_JOB | {"artifact": {"bucket": "b", "key": "x"}}
     ),
-    "a job error code not built (worker_error)": job_answer(
-        FAILED_JOB | {"error": {"code": "worker_error", "message": "x"}}
+    "a job error code the contract does not have (timeout)": job_answer(
+        FAILED_JOB | {"error": {"code": "timeout", "message": "x"}}
+    ),
+    "an artifact key of another shape": job_answer(
+        GOOD_JOB | {"artifact": {"bucket": "b", "key": f"artifacts/user-1/{JOB_ID}/attempt-1.json"}}
     ),
     "a list entry with output": page_answer({"jobs": [GOOD_JOB], "next_cursor": None}),
     "a list without next_cursor": page_answer({"jobs": [SUMMARY]}),
@@ -497,19 +558,25 @@ def test_a_job_runs_to_succeeded_with_output_usage_and_artifact(demo, web_config
     prompt = "Say hello to the contract tests."
     submitted = demo.submit({"prompt": prompt, "max_tokens": 64}).json()
     path = submitted["links"]["self"]
-    statuses = []
+    seen = []  # (status, seq, attempts), each time the job changed
     deadline = time.monotonic() + 60
     while True:
         job = demo.get(path).json()
         assert job["status"] != "failed", job
-        if not statuses or statuses[-1] != job["status"]:
-            statuses.append(job["status"])
+        if not seen or seen[-1][1] != job["seq"]:
+            seen.append((job["status"], job["seq"], job["attempts"]))
         if job["status"] == "succeeded":
             break
         assert time.monotonic() < deadline, f"still {job['status']} after 60 s"
         time.sleep(0.2)
-    # Only forwards through the state machine.
-    assert statuses == [s for s in STATUS_ORDER if s in statuses], statuses
+    statuses = list(dict.fromkeys(status for status, _, _ in seen))
+    # Only forwards through the state machine, seq growing with every change.
+    assert statuses == [s for s in STATUS_ORDER if s in statuses], seen
+    assert [seq for _, seq, _ in seen] == sorted({seq for _, seq, _ in seen}), seen
+    # One model call (the offline model always answers); starting it and finishing the job
+    # are two changes of the record at least.
+    assert job["attempts"] == 1, seen
+    assert job["seq"] >= 2, seen
     assert job["job_id"] == submitted["job_id"]
     assert job["created_at"] == submitted["created_at"]
     assert job["prompt"] == prompt
@@ -517,13 +584,22 @@ def test_a_job_runs_to_succeeded_with_output_usage_and_artifact(demo, web_config
     assert prompt in job["output"], "the offline model echoes the prompt"
     assert job["created_at"] <= job["completed_at"] == job["updated_at"]
     owner = access_token_claims(demo.token)["sub"]
-    assert job["artifact"]["key"] == f"artifacts/{owner}/{job['job_id']}.json"
+    # The artifact of the attempt that succeeded: one key per attempt.
+    key = rf"artifacts/{re.escape(owner)}/{job['job_id']}/[0-9a-f]{{32}}\.json"
+    assert re.fullmatch(key, job["artifact"]["key"]), job["artifact"]
 
     # Any spelling of the id finds it; the id is shown in lower case.
     assert demo.get(path.upper().replace("/JOBS/", "/jobs/")).json() == job
     # The list has the same job without its output.
     listed = demo.get("/jobs?limit=100").json()["jobs"]
     assert without(job, "output") in listed
+
+    # Finished: it cannot be cancelled, and stays as it is.
+    refused = demo.post(f"{path}/cancel")
+    assert refused.status_code == 409, refused.text
+    assert error_of(refused)["code"] == "not_cancellable"
+    assert "succeeded" in error_of(refused)["message"]
+    assert demo.get(path).json() == job
 
 
 def test_unknown_foreign_and_malformed_job_ids_are_the_same_404(demo, new_user):
@@ -542,14 +618,118 @@ def test_unknown_foreign_and_malformed_job_ids_are_the_same_404(demo, new_user):
 
 
 def test_unknown_paths_are_404(demo):
-    under_the_api = demo.get(f"/jobs/{uuid.uuid4()}/output", as_response="NotFound")
-    assert under_the_api.status_code == 404
-    assert error_of(under_the_api)["code"] == "not_found"
+    for path in (f"/jobs/{uuid.uuid4()}/output", f"/jobs/{uuid.uuid4()}/cancel/now"):
+        under_the_api = demo.post(path, as_response="NotFound")
+        assert under_the_api.status_code == 404, path
+        assert error_of(under_the_api)["code"] == "not_found", path
     # Locally the web UI is served on the same origin, so an unknown path elsewhere is the
     # file server's 404 (deployed, the status function's, with CORS): the same error body.
     elsewhere = demo.get("/no-such-route", as_response="NotFound", cors=False)
     assert elsewhere.status_code == 404
     assert error_of(elsewhere)["code"] == "not_found"
+
+
+# ---------------------------------------------------------------------------------------------
+# POST /jobs/{id}/cancel
+# ---------------------------------------------------------------------------------------------
+
+
+def wait_for(caller, path, done, what, timeout=30):
+    """Polls the job at `path` until `done(job)`; the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = caller.get(path).json()
+        if done(job):
+            return job
+        assert time.monotonic() < deadline, f"not {what} after {timeout} s: {job}"
+        time.sleep(0.05)
+
+
+def test_queued_and_running_jobs_are_cancelled_and_stay_so(slow_demo):
+    """On the slow stack the model answers after SLOW_MODEL_MS and the local worker takes one
+    batch at a time: a job whose model call is under way is running, and jobs submitted
+    meanwhile stay queued until that call ends."""
+    running_path = slow_demo.submit({"prompt": "Cancel me while I run."}).json()["links"]["self"]
+    started = wait_for(slow_demo, running_path, lambda job: job["status"] != "queued", "started")
+    assert started["status"] == "running", started
+    assert started["attempts"] == 1, started
+    assert started["seq"] > 0, started
+
+    # running → cancelled, its model call still under way.
+    answer = slow_demo.post(f"{running_path}/cancel")
+    assert answer.status_code == 200, answer.text
+    stopped = answer.json()
+    assert stopped["status"] == "cancelled", stopped
+    assert stopped["seq"] > started["seq"]
+    assert stopped["attempts"] == 1
+    assert started["created_at"] <= stopped["completed_at"] == stopped["updated_at"]
+
+    queued_path = slow_demo.submit({"prompt": "Cancel me before I run."}).json()["links"]["self"]
+    later_path = slow_demo.submit({"prompt": "Let me run."}).json()["links"]["self"]
+    queued = slow_demo.get(queued_path).json()
+    assert queued["status"] == "queued", queued
+    # Recorded (seq 0), then marked enqueued once its message was sent (seq 1).
+    assert (queued["seq"], queued["attempts"]) == (1, 0), queued
+
+    # queued → cancelled: terminal, with completed_at and nothing of an outcome.
+    answer = slow_demo.post(f"{queued_path}/cancel")
+    assert answer.status_code == 200, answer.text
+    cancelled = answer.json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["seq"] > queued["seq"]
+    assert cancelled["attempts"] == 0
+    assert queued["created_at"] <= cancelled["completed_at"] == cancelled["updated_at"]
+    assert without(cancelled, "status", "seq", "updated_at", "completed_at") == without(
+        queued, "status", "seq", "updated_at"
+    )
+    # The answer is the job as GET shows it; cancelling again changes nothing (same seq).
+    assert slow_demo.get(queued_path).json() == cancelled
+    again = slow_demo.post(f"{queued_path}/cancel")
+    assert again.status_code == 200, again.text
+    assert again.json() == cancelled
+
+    # The last job goes queued → running → succeeded, seq growing at each step. It starts
+    # once the cancelled attempt's model call has ended, so by then that attempt has come
+    # back with the model's answer, and the cancelled queued job's message has been taken:
+    # neither job changed (the queued one never called the model).
+    seen = [slow_demo.get(later_path).json()]
+    assert seen[0]["status"] == "queued", seen
+    while seen[-1]["status"] != "succeeded":
+        previous = seen[-1]["seq"]
+        job = wait_for(slow_demo, later_path, lambda job: job["seq"] != previous, "changed")
+        assert job["status"] in ("running", "succeeded"), job
+        seen.append(job)
+        if job["status"] == "running":
+            assert slow_demo.get(running_path).json() == stopped
+    assert [job["status"] for job in seen] == ["queued", "running", "succeeded"], seen
+    assert [job["seq"] for job in seen] == sorted({job["seq"] for job in seen}), seen
+    assert [job["attempts"] for job in seen] == [0, 1, 1], seen
+    assert slow_demo.get(running_path).json() == stopped
+    assert slow_demo.get(queued_path).json() == cancelled
+
+    # Finished: 409, and the job stays as it is.
+    refused = slow_demo.post(f"{later_path}/cancel")
+    assert refused.status_code == 409, refused.text
+    assert error_of(refused)["code"] == "not_cancellable"
+    assert slow_demo.get(later_path).json() == seen[-1]
+
+
+def test_cancelling_unknown_foreign_and_malformed_jobs_is_the_same_404(demo, new_user):
+    other = new_user()
+    theirs = other.submit({"prompt": "Mine, not yours to cancel."}).json()
+    answers = [
+        demo.post(f"/jobs/{uuid.uuid4()}/cancel"),
+        demo.post(f"{theirs['links']['self']}/cancel"),
+        demo.post("/jobs/not-a-uuid/cancel"),
+    ]
+    assert [a.status_code for a in answers] == [404, 404, 404]
+    assert len({a.text for a in answers}) == 1
+    assert error_of(answers[0])["code"] == "not_found"
+    # The owner's job was left alone, and the owner's own ids, in any spelling, are found.
+    mine = other.get(theirs["links"]["self"]).json()
+    assert mine["status"] != "cancelled", mine
+    upper = f"/jobs/{theirs['job_id'].upper()}/cancel"
+    assert other.post(upper).status_code in (200, 409)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,11 +792,20 @@ def test_a_bad_limit_or_cursor_is_400(demo, contract, case):
 # Every route: 401, 405, preflights
 # ---------------------------------------------------------------------------------------------
 
-ROUTES = [("POST", "/generate"), ("GET", "/jobs"), ("GET", f"/jobs/{uuid.uuid4()}")]
+def route_id(path: str) -> str:
+    return re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "{id}", path)
+
+
+ROUTES = [
+    ("POST", "/generate"),
+    ("GET", "/jobs"),
+    ("GET", f"/jobs/{uuid.uuid4()}"),
+    ("POST", f"/jobs/{uuid.uuid4()}/cancel"),
+]
 
 
 @pytest.mark.parametrize("credential", ["none", "garbage", "id token", "forged signature"])
-@pytest.mark.parametrize("method, path", ROUTES, ids=[f"{m} {p[:6]}" for m, p in ROUTES])
+@pytest.mark.parametrize("method, path", ROUTES, ids=[f"{m} {route_id(p)}" for m, p in ROUTES])
 def test_callers_without_a_valid_access_token_are_401(
     anonymous, demo_tokens, credential, method, path
 ):
@@ -657,11 +846,14 @@ WRONG_METHODS = [
     ("POST", f"/jobs/{uuid.uuid4()}"),
     ("PUT", f"/jobs/{uuid.uuid4()}"),
     ("DELETE", f"/jobs/{uuid.uuid4()}"),
+    ("GET", f"/jobs/{uuid.uuid4()}/cancel"),
+    ("PUT", f"/jobs/{uuid.uuid4()}/cancel"),
+    ("DELETE", f"/jobs/{uuid.uuid4()}/cancel"),
 ]
 
 
 @pytest.mark.parametrize(
-    "method, path", WRONG_METHODS, ids=[f"{m} {p[:6]}" for m, p in WRONG_METHODS]
+    "method, path", WRONG_METHODS, ids=[f"{m} {route_id(p)}" for m, p in WRONG_METHODS]
 )
 def test_a_method_a_path_does_not_answer_is_405_with_allow(demo, contract, method, path):
     response = demo.request(method, path, as_response="MethodNotAllowed")
@@ -672,10 +864,19 @@ def test_a_method_a_path_does_not_answer_is_405_with_allow(demo, contract, metho
     documented = {m.upper() for m in item if m in HTTP_METHODS and m != "options"}
     assert documented <= allowed, f"Allow: {response.headers['Allow']}"
     assert method not in allowed
+    if path.endswith("/cancel"):
+        assert allowed == {"POST"}, f"Allow: {response.headers['Allow']}"
 
 
 @pytest.mark.parametrize(
-    "path, method", [("/generate", "POST"), ("/jobs", "GET"), (f"/jobs/{uuid.uuid4()}", "GET")]
+    "path, method",
+    [
+        ("/generate", "POST"),
+        ("/jobs", "GET"),
+        (f"/jobs/{uuid.uuid4()}", "GET"),
+        (f"/jobs/{uuid.uuid4()}/cancel", "POST"),
+    ],
+    ids=route_id,
 )
 def test_preflights_are_204_with_the_cors_headers(anonymous, contract, path, method):
     response = anonymous.request(

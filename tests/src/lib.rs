@@ -403,6 +403,15 @@ pub fn request(
     request
 }
 
+/// `POST /generate` of `body` by `user` with an `Idempotency-Key`.
+pub fn with_key(body: &str, user: &str, key: &str) -> ApiGatewayV2httpRequest {
+    let mut event = request(Method::POST, "/generate", Some(user), Some(body));
+    event
+        .headers
+        .insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+    event
+}
+
 /// The same event as it arrives through the HTTP API's IAM authorizer (`ApiAuth=iam`): the
 /// caller is a SigV4-signed IAM principal, and no JWT is involved.
 pub fn iam_request(

@@ -18,6 +18,10 @@ use pipeline::http::{self, ApiError, Caller, HttpSettings, SubmittedJob, TextBod
 use pipeline::ports::{Inserted, JobQueue, JobStore, SessionCheck, SubmissionQuota};
 use tracing::{Instrument, error, info, info_span, warn};
 
+/// How long after a job's creation its submitting request is surely over (the function's
+/// timeout is 10 s): a job still not marked enqueued after that never will be by it.
+pub const ENQUEUE_GRACE: Duration = Duration::seconds(15);
+
 /// The function's environment (see the configuration table in `docs/contract.md`).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -175,24 +179,54 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
             }
             return Err(ApiError::unavailable());
         }
+        self.mark_enqueued(&job).await;
         info!(model = %job.request.model, max_tokens = job.request.max_tokens, "job queued");
         tracing::debug!(prompt = %job.request.prompt, "job prompt");
         Ok(accepted(StatusCode::ACCEPTED, &job))
     }
 
+    /// The record says when the message went out; a job without that mark whose process
+    /// died in between is enqueued again by an idempotent repeat or by recovery. A job that
+    /// has its message but lost its mark is at worst sent twice, which the worker's leases
+    /// make harmless.
+    async fn mark_enqueued(&self, job: &Job) {
+        if let Err(cause) = self
+            .store
+            .mark_enqueued(job.id, (self.settings.clock)())
+            .await
+        {
+            warn!(%cause, "could not record that the job was enqueued");
+        }
+    }
+
     /// The same caller sent the same `Idempotency-Key` again: the answer with the original
-    /// job, if there is one.
+    /// job, if there is one. An original that was never enqueued (its submitting process died
+    /// between the write and the send) is enqueued now, so that a client's retry always
+    /// leads to a job that runs.
     async fn original(&self, id: JobId, owner: &Owner) -> Result<Option<Response>, ApiError> {
-        let original = self.store.get(id).await?;
-        Ok(original
+        let Some(original) = self
+            .store
+            .get(id)
+            .await?
             .filter(|original| original.owner == *owner)
-            .map(|original| {
-                let span = info_span!("job", job_id = %original.id);
-                span.in_scope(|| {
-                    info!(status = %original.status, "idempotent repeat; answered with the original job");
-                });
-                accepted(StatusCode::OK, &original)
-            }))
+        else {
+            return Ok(None);
+        };
+        let span = info_span!("job", job_id = %original.id);
+        // Within the grace the submitting request may still be about to send it itself.
+        let stranded = (self.settings.clock)() - original.created_at > ENQUEUE_GRACE;
+        if original.never_enqueued() && stranded {
+            self.queue
+                .enqueue(original.id)
+                .instrument(span.clone())
+                .await?;
+            self.mark_enqueued(&original).instrument(span.clone()).await;
+            span.in_scope(|| warn!("the original job had never been enqueued; it is now"));
+        }
+        span.in_scope(|| {
+            info!(status = %original.status, "idempotent repeat; answered with the original job");
+        });
+        Ok(Some(accepted(StatusCode::OK, &original)))
     }
 }
 

@@ -1,4 +1,5 @@
-//! `GET /jobs/{id}` and `GET /jobs`: the caller's own jobs, never anyone else's.
+//! `GET /jobs/{id}`, `GET /jobs` and `POST /jobs/{id}/cancel`: the caller's own jobs, never
+//! anyone else's.
 
 use std::sync::Arc;
 

@@ -175,7 +175,9 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         };
         let job = match self.store.transition(delivery.job_id, &start, now).await {
             Ok(Transitioned::Done(job)) => job,
-            Ok(Transitioned::Refused(current)) => return self.not_started(delivery, current).await,
+            Ok(Transitioned::Refused(current)) => {
+                return self.not_started(delivery, current, now).await;
+            }
             Err(cause) => {
                 warn!(%cause, "could not start the job; it will be retried");
                 return Outcome::Retry;
@@ -217,9 +219,14 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         }
     }
 
-    /// The job could not be started: it is gone or finished, another attempt holds it, or
-    /// its attempts were used up by attempts that never finished.
-    async fn not_started(&self, delivery: &Delivery<'_>, current: Option<Job>) -> Outcome {
+    /// The job could not be started at `refused_at`: it is gone or finished, another attempt
+    /// holds it, or its attempts were used up by attempts that never finished.
+    async fn not_started(
+        &self,
+        delivery: &Delivery<'_>,
+        current: Option<Job>,
+        refused_at: DateTime<Utc>,
+    ) -> Outcome {
         let Some(job) = current else {
             info!("job is missing (expired or deleted); message acknowledged");
             return Outcome::Acknowledge;
@@ -228,7 +235,9 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
             info!(status = %job.status, "job is already finished; message acknowledged");
             return Outcome::Acknowledge;
         }
-        if let Some(lease) = job.lease.as_ref().filter(|lease| lease.is_live(Utc::now())) {
+        // Judged as the store judged it: a lease that has ended since the refusal still
+        // held the job then, which is no sign that its attempts are used up.
+        if let Some(lease) = job.lease.as_ref().filter(|lease| lease.is_live(refused_at)) {
             // Someone else is working on it: look again once their lease can have ended.
             let wait = (lease.expires_at - Utc::now()).to_std().unwrap_or_default();
             info!(

@@ -40,8 +40,9 @@ impl Redelivery for SqsJobQueue {
         receipt_handle: &str,
         delay: std::time::Duration,
     ) -> Result<(), Unavailable> {
-        // SQS takes whole seconds, at most 12 hours.
-        let seconds = i32::try_from(delay.as_secs().min(43_200)).unwrap_or(43_200);
+        // SQS takes whole seconds, at most 12 hours: rounded up, so a wait is never cut short.
+        let seconds = delay.as_millis().div_ceil(1000).min(43_200);
+        let seconds = i32::try_from(seconds).unwrap_or(43_200);
         self.client
             .change_message_visibility()
             .queue_url(&self.queue_url)

@@ -191,18 +191,6 @@ async fn a_base64_body_is_accepted() {
     assert_eq!(response.status_code, 202, "{:?}", response.body);
 }
 
-fn with_key(
-    body: &str,
-    user: &str,
-    key: &str,
-) -> aws_lambda_events::apigw::ApiGatewayV2httpRequest {
-    let mut event = request(Method::POST, "/generate", Some(user), Some(body));
-    event
-        .headers
-        .insert("idempotency-key", HeaderValue::from_str(key).unwrap());
-    event
-}
-
 #[tokio::test]
 async fn the_same_idempotency_key_returns_the_same_job() {
     let stack = Stack::new().await;

@@ -271,3 +271,62 @@ async fn a_finished_job_is_not_cancellable() {
         "succeeded"
     );
 }
+
+/// The api died between writing a job and sending its message: the client's retry with the
+/// same `Idempotency-Key` enqueues it, so the job runs instead of staying `queued` forever.
+#[tokio::test]
+async fn an_idempotent_repeat_enqueues_a_job_that_was_never_enqueued() {
+    let stack = Stack::new().await;
+    // The record exactly as the api writes it, and then the process died: no message.
+    let key = pipeline::domain::IdempotencyKey::parse("retry-1").unwrap();
+    let request = pipeline::domain::GenerateRequest {
+        prompt: "are you there".into(),
+        model: DEFAULT_MODEL.into(),
+        max_tokens: 64,
+        temperature: None,
+        system: None,
+    };
+    let owner = pipeline::domain::Owner::new("user-a");
+    let written = chrono::Utc::now() - api::ENQUEUE_GRACE - chrono::Duration::seconds(1);
+    let job = pipeline::domain::Job::queued(
+        owner,
+        request,
+        Some(key),
+        written,
+        chrono::Duration::days(1),
+    );
+    stack.store().insert(&job).await.unwrap();
+    let job_id = job.id.to_string();
+
+    let body = r#"{"prompt": "are you there"}"#;
+    let again = stack
+        .api()
+        .handle(with_key(body, "user-a", "retry-1"))
+        .await;
+    assert_eq!(again.status_code, 200, "{:?}", again.body);
+    assert_eq!(json_body(&again)["job_id"], job_id);
+    let (event, response, _) = stack.deliver_once(&stack.worker()).await;
+    assert_eq!(event.records.len(), 1, "the repeat sent the job's message");
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        text(&stack.item(&job_id).await.unwrap(), "status"),
+        "succeeded"
+    );
+
+    // A repeat of a job that was enqueued sends nothing more.
+    let fresh = stack
+        .api()
+        .handle(with_key(body, "user-a", "retry-2"))
+        .await;
+    assert_eq!(fresh.status_code, 202);
+    let repeat = stack
+        .api()
+        .handle(with_key(body, "user-a", "retry-2"))
+        .await;
+    assert_eq!(repeat.status_code, 200);
+    assert_eq!(
+        stack.queued_bodies().await.len(),
+        1,
+        "one message for retry-2"
+    );
+}
