@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use api::GenerateApi;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{Region, SdkConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use local::authorizer::JwtAuthorizer;
 use local::converse::{Backend, ConverseServer, Knobs, OpenAiBackend};
@@ -357,7 +357,7 @@ async fn start_model_endpoint(
 ) -> Result<(Option<ConverseServer>, SdkConfig), Error> {
     let backend = match options.model {
         Provider::Bedrock => {
-            let real = aws_config::defaults(BehaviorVersion::latest())
+            let real = pipeline::aws::sdk_defaults()
                 .region(Region::new(options.region.clone()))
                 .load()
                 .await;

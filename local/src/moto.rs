@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 
 /// A running `moto_server`. It stops when this is dropped, and also when the process that
@@ -114,7 +114,7 @@ impl Drop for Moto {
 /// An SDK configuration that sends every service to the emulator at `url`, with
 /// throwaway credentials.
 pub async fn sdk_config(url: &str, region: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    pipeline::aws::sdk_defaults()
         .endpoint_url(url)
         .region(Region::new(region.to_owned()))
         .credentials_provider(Credentials::new("local", "local", None, None, "moto"))

@@ -1,11 +1,99 @@
 //! Loading the AWS SDK configuration, once per Lambda init.
 
-use aws_config::SdkConfig;
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
+use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_runtime_api::shared::IntoShared;
+use aws_smithy_types::config_bag::ConfigBag;
 
 /// The standard chain: region, credentials and the `AWS_ENDPOINT_URL` /
 /// `AWS_ENDPOINT_URL_<SERVICE>` overrides used for local runs.
 pub async fn load_sdk_config() -> SdkConfig {
-    aws_config::load_from_env().await
+    sdk_defaults().load().await
+}
+
+/// `aws_config::defaults`, with the HTTPS client of [`https_client`].
+pub fn sdk_defaults() -> ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client())
+}
+
+/// One HTTPS client for every SDK client built from the configuration (and so one connection
+/// pool): rustls on ring, trusting the system's CA bundle file.
+///
+/// The SDK's default client (`default-https-client`) is rustls on aws-lc-rs, which is about
+/// 1.5 MiB of each binary and, on the first TLS handshake of each process, gathers CPU jitter
+/// entropy for some 30 ms. It also reads the root certificates as OpenSSL does: the bundle
+/// file, then every file of the certificate directory (`/etc/ssl/certs`), which was half of a
+/// cold start's CPU; the bundle alone holds the same roots.
+pub fn https_client() -> SharedHttpClient {
+    let client = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(trust_store())
+                .build()
+                .expect("a TLS context of a trust store alone is valid"),
+        )
+        .build_https();
+    NoEagerConnector(client).into_shared()
+}
+
+/// The CA bundle named by `SSL_CERT_FILE`, else the distribution's (Amazon Linux, as in
+/// Lambda, then Debian and others); the platform's own lookup when there is none, or when
+/// `SSL_CERT_DIR` names a directory.
+fn trust_store() -> TrustStore {
+    const BUNDLES: [&str; 4] = [
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ];
+    if std::env::var_os("SSL_CERT_DIR").is_some() {
+        return TrustStore::default();
+    }
+    let named = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    named
+        .into_iter()
+        .chain(BUNDLES.iter().map(Into::into))
+        .find_map(|path| std::fs::read(path).ok())
+        .map_or_else(TrustStore::default, |pem| {
+            TrustStore::empty().with_pem_certificate(pem)
+        })
+}
+
+/// The SDK's client, less its check at the build of each SDK client, which builds a whole TLS
+/// connector only to drop it: its one use is to fill the cache of the platform's root
+/// certificates early. A trust store of PEM has no such cache (every connector decodes it
+/// again), so the check would cost a decode per SDK client (and `aws-config` builds one more,
+/// for STS) and save nothing. The connector is built by the first request, and kept.
+#[derive(Debug)]
+struct NoEagerConnector(SharedHttpClient);
+
+impl HttpClient for NoEagerConnector {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn validate_final_config(
+        &self,
+        components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.validate_final_config(components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 /// Whether S3 requests go to an emulator, which cannot serve `bucket.host` names.
