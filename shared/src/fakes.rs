@@ -40,7 +40,6 @@ pub enum StoreOp {
     Insert,
     Get,
     List,
-    MarkEnqueued,
     Start,
     Succeed,
     Release,
@@ -166,17 +165,6 @@ impl JobStore for InMemoryJobStore {
             created_at: format_timestamp(last.created_at),
         });
         Ok(Page { jobs, next })
-    }
-
-    /// As the adapter's: any job that exists is marked, whatever its status; a missing one
-    /// is not conjured up.
-    async fn mark_enqueued(&self, id: JobId, at: DateTime<Utc>) -> Result<(), Unavailable> {
-        self.check(StoreOp::MarkEnqueued)?;
-        if let Some(job) = lock(&self.state).jobs.get_mut(&id) {
-            job.enqueued_at = Some(at);
-            job.seq += 1;
-        }
-        Ok(())
     }
 
     async fn transition(
@@ -482,20 +470,6 @@ mod tests {
         );
         let failed = store.transition(queued.id, &fail, at(2)).await.unwrap();
         assert!(matches!(failed, Transitioned::Done(job) if job.status == JobStatus::Failed));
-    }
-
-    #[tokio::test]
-    async fn marking_a_job_enqueued_is_a_change_and_conjures_up_no_job() {
-        let store = InMemoryJobStore::new();
-        let queued = job("o", at(0));
-        store.seed(queued.clone());
-        store.mark_enqueued(queued.id, at(1)).await.unwrap();
-        let marked = store.job(queued.id).unwrap();
-        assert_eq!(marked.enqueued_at, Some(at(1)));
-        assert_eq!(marked.seq, queued.seq + 1);
-        let missing = JobId::random();
-        store.mark_enqueued(missing, at(2)).await.unwrap();
-        assert_eq!(store.job(missing), None);
     }
 
     #[tokio::test]

@@ -61,13 +61,6 @@ pub trait JobStore: Send + Sync {
         after: Option<&PageCursor>,
     ) -> impl Future<Output = Result<Page, Unavailable>> + Send;
 
-    /// Records that the job's message was sent at `at` (a change of the record: `seq` grows).
-    fn mark_enqueued(
-        &self,
-        id: JobId,
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(), Unavailable>> + Send;
-
     /// Applies `transition` at `at`, atomically, if the job exists and the transition's guard
     /// admits it (exactly as [`Job::apply`] describes): the job as it is afterwards, or, when
     /// refused, as it is (`None`: no such job).

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
-    FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, Limits, Owner,
+    FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Limits, Owner,
     RateWindow, Transition,
 };
 use pipeline::http::{self, ApiError, Caller, HttpSettings, SubmittedJob, TextBody};
@@ -97,8 +97,12 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
         .map(|value| IdempotencyKey::parse(&String::from_utf8_lossy(value.as_bytes())))
         .transpose()?;
     let request = GenerateRequest::from_json(&body, &api.settings.limits)?;
-    // A repeat asks for nothing new, so it is answered before the quota is counted.
-    if let Some(key) = &idempotency_key {
+    // A repeat asks for nothing new, so with a quota it is answered before anything is
+    // counted (without one, the conditional insert finds it, with one call fewer).
+    if let Some(key) = idempotency_key
+        .as_ref()
+        .filter(|_| api.settings.jobs_per_minute.is_some())
+    {
         let id = JobId::for_idempotency_key(&caller.owner, key);
         if let Some(original) = api.original(id, &caller.owner).await? {
             return Ok(original);
@@ -179,30 +183,16 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
             }
             return Err(ApiError::unavailable());
         }
-        self.mark_enqueued(&job).await;
         info!(model = %job.request.model, max_tokens = job.request.max_tokens, "job queued");
         tracing::debug!(prompt = %job.request.prompt, "job prompt");
         Ok(accepted(StatusCode::ACCEPTED, &job))
     }
 
-    /// The record says when the message went out; a job without that mark whose process
-    /// died in between is enqueued again by an idempotent repeat or by recovery. A job that
-    /// has its message but lost its mark is at worst sent twice, which the worker's leases
-    /// make harmless.
-    async fn mark_enqueued(&self, job: &Job) {
-        if let Err(cause) = self
-            .store
-            .mark_enqueued(job.id, (self.settings.clock)())
-            .await
-        {
-            warn!(%cause, "could not record that the job was enqueued");
-        }
-    }
-
     /// The same caller sent the same `Idempotency-Key` again: the answer with the original
-    /// job, if there is one. An original that was never enqueued (its submitting process died
-    /// between the write and the send) is enqueued now, so that a client's retry always
-    /// leads to a job that runs.
+    /// job, if there is one. An original still `queued` after the submitting request is surely
+    /// over may never have been enqueued (that request died between the write and the send):
+    /// it is enqueued again, so that a client's retry always leads to a job that runs. If its
+    /// message was in fact sent, the worker's leases make the second one harmless.
     async fn original(&self, id: JobId, owner: &Owner) -> Result<Option<Response>, ApiError> {
         let Some(original) = self
             .store
@@ -215,13 +205,12 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         let span = info_span!("job", job_id = %original.id);
         // Within the grace the submitting request may still be about to send it itself.
         let stranded = (self.settings.clock)() - original.created_at > ENQUEUE_GRACE;
-        if original.never_enqueued() && stranded {
+        if original.status == JobStatus::Queued && stranded {
             self.queue
                 .enqueue(original.id)
                 .instrument(span.clone())
                 .await?;
-            self.mark_enqueued(&original).instrument(span.clone()).await;
-            span.in_scope(|| warn!("the original job had never been enqueued; it is now"));
+            span.in_scope(|| warn!("the original job is still queued; it is enqueued again"));
         }
         span.in_scope(|| {
             info!(status = %original.status, "idempotent repeat; answered with the original job");

@@ -823,10 +823,6 @@ impl JobStore for LeaseEndsDuringTheRefusal {
         self.0.list(owner, limit, after).await
     }
 
-    async fn mark_enqueued(&self, id: JobId, at: DateTime<Utc>) -> Result<(), Unavailable> {
-        self.0.mark_enqueued(id, at).await
-    }
-
     async fn transition(
         &self,
         id: JobId,

@@ -110,26 +110,6 @@ impl JobStore for DynamoJobStore {
         Ok(Page { jobs, next })
     }
 
-    async fn mark_enqueued(&self, id: JobId, at: DateTime<Utc>) -> Result<(), Unavailable> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("job_id", s(id.to_string()))
-            .update_expression("SET enqueued_at = :at ADD seq :one")
-            .condition_expression("attribute_exists(job_id)")
-            .expression_attribute_values(":at", s(format_timestamp(at)))
-            .expression_attribute_values(":one", n(1))
-            .send()
-            .await;
-        match result {
-            // Gone already (TTL): there is nothing left to mark.
-            Ok(_) => Ok(()),
-            Err(error) if condition_failed(&error) => Ok(()),
-            Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
-        }
-    }
-
     async fn transition(
         &self,
         id: JobId,
@@ -351,10 +331,6 @@ fn job_to_item(job: &Job) -> Item {
             "completed_at",
             job.completed_at.map(|at| s(format_timestamp(at))),
         ),
-        (
-            "enqueued_at",
-            job.enqueued_at.map(|at| s(format_timestamp(at))),
-        ),
     ];
     item.extend(
         optional
@@ -431,7 +407,6 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         updated_at: required_time("updated_at")?,
         completed_at: time("completed_at")?,
         expires_at,
-        enqueued_at: time("enqueued_at")?,
         seq: number("seq")?.unwrap_or(0),
         attempts: record
             .number::<u32>("attempts")

@@ -336,9 +336,6 @@ pub struct Job {
     pub completed_at: Option<DateTime<Utc>>,
     /// When the table's TTL may delete the record, in epoch seconds.
     pub expires_at: i64,
-    /// When its message was sent; `None` for a job whose submitting process died between
-    /// writing it and sending the message (recovery sends it).
-    pub enqueued_at: Option<DateTime<Utc>>,
     /// Grows with every change of the record.
     pub seq: u64,
     /// Model calls started: what `MAX_ATTEMPTS` bounds.
@@ -372,7 +369,6 @@ impl Job {
             updated_at: now,
             completed_at: None,
             expires_at: (now + time_to_live).timestamp(),
-            enqueued_at: None,
             seq: 0,
             attempts: 0,
             lease: None,
@@ -380,12 +376,6 @@ impl Job {
             failure: None,
             idempotency_key,
         }
-    }
-
-    /// A queued job whose message was never sent: nothing will ever run it unless it is
-    /// enqueued again.
-    pub fn never_enqueued(&self) -> bool {
-        self.status == JobStatus::Queued && self.enqueued_at.is_none()
     }
 
     /// Where the attempt holding `lease` writes its artifact: one key per attempt, so that
