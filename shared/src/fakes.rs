@@ -158,13 +158,7 @@ impl JobStore for InMemoryJobStore {
             .cloned()
             .collect();
         jobs.sort_by_key(|job| std::cmp::Reverse(position(job)));
-        let more = jobs.len() > limit;
-        jobs.truncate(limit);
-        let next = jobs.last().filter(|_| more).map(|last| PageCursor {
-            job_id: last.id,
-            created_at: format_timestamp(last.created_at),
-        });
-        Ok(Page { jobs, next })
+        Ok(Page::of(jobs, limit, false))
     }
 
     async fn transition(

@@ -47,6 +47,20 @@ pub struct Page {
     pub next: Option<PageCursor>,
 }
 
+impl Page {
+    /// The first `limit` of `jobs` (newest first), with a cursor after the last of them only
+    /// when `more` exist beyond: the last page never points at an empty one.
+    pub fn of(mut jobs: Vec<Job>, limit: usize, more_beyond: bool) -> Self {
+        let more = jobs.len() > limit || more_beyond;
+        jobs.truncate(limit);
+        let next = jobs.last().filter(|_| more).map(|last| PageCursor {
+            job_id: last.id,
+            created_at: crate::domain::format_timestamp(last.created_at),
+        });
+        Self { jobs, next }
+    }
+}
+
 pub trait JobStore: Send + Sync {
     /// Writes a new job, unless a job with its id exists (then nothing is written).
     fn insert(&self, job: &Job) -> impl Future<Output = Result<Inserted, Unavailable>> + Send;

@@ -95,19 +95,13 @@ impl JobStore for DynamoJobStore {
             .await
             .map_err(|error| Unavailable::new("DynamoDB Query", describe(&error)))?;
         let more_in_table = output.last_evaluated_key.is_some();
-        let mut jobs = output
+        let jobs = output
             .items
             .unwrap_or_default()
             .iter()
             .map(item_to_job)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = jobs.len() > limit || more_in_table;
-        jobs.truncate(limit);
-        let next = jobs.last().filter(|_| more).map(|last| PageCursor {
-            job_id: last.id,
-            created_at: format_timestamp(last.created_at),
-        });
-        Ok(Page { jobs, next })
+        Ok(Page::of(jobs, limit, more_in_table))
     }
 
     async fn transition(
