@@ -28,6 +28,11 @@ impl SqsEventSource {
         }
     }
 
+    /// The queue's name, the last part of its ARN.
+    pub fn queue_name(&self) -> &str {
+        self.queue_arn.rsplit(':').next().unwrap_or(&self.queue_arn)
+    }
+
     /// Up to ten messages, waiting at most `wait` for the first (long polling).
     pub async fn receive(&self, wait: Duration) -> Result<SqsEvent, aws_sdk_sqs::Error> {
         let output = self

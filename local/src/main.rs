@@ -25,6 +25,7 @@ use pipeline::adapters::{
     BedrockTextModel, CognitoSessionCheck, DynamoJobStore, S3ArtifactStore, SqsJobQueue,
 };
 use pipeline::config::Env;
+use recovery::Recovery;
 use serde_json::{Value, json};
 use status::StatusApi;
 use tokio::sync::watch;
@@ -36,6 +37,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 const DEFAULT_PORT: u16 = 3000;
 const DEMO_EMAIL: &str = "demo@example.com";
 const DEMO_PASSWORD: &str = "Demo-Password-2026!";
+const LOCAL_RECOVER_AFTER: Duration = Duration::from_secs(90);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Provider {
@@ -54,8 +56,9 @@ enum Provider {
     args_conflicts_with_subcommands = true,
     after_help = "The functions' settings (MODEL_ID, ALLOWED_MODEL_IDS, MAX_PROMPT_CHARS, \
 MAX_OUTPUT_TOKENS, JOB_TTL_DAYS, MAX_JOBS_PER_MINUTE, MAX_ATTEMPTS, RETRY_BASE_SECONDS, \
-RETRY_MAX_SECONDS, ALLOWED_ORIGIN, COGNITO_REVOCATION_CHECK) are read from the environment, as \
-the functions read them."
+RETRY_MAX_SECONDS, RECOVER_AFTER_SECONDS, SWEEP_LIMIT, ALLOWED_ORIGIN, COGNITO_REVOCATION_CHECK) \
+are read from the environment, as the functions read them; unset, RECOVER_AFTER_SECONDS is 90 \
+here (900 deployed)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -121,6 +124,9 @@ struct Options {
     /// after RETRY_BASE_SECONDS doubling).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     worker_timeout: u64,
+    /// Seconds between two sweeps for stranded jobs (EventBridge Scheduler's part).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    sweep_every: u64,
     /// The static web UI to serve.
     #[arg(long, default_value = "web", value_name = "DIR")]
     web_dir: PathBuf,
@@ -221,6 +227,11 @@ async fn run(options: Options) -> Result<(), Error> {
     let mut api_settings = api::Settings::from_env(&env)?;
     let mut status_settings = status::Settings::from_env(&env)?;
     let mut worker_settings = worker::Settings::from_env(&env)?;
+    let mut recovery_settings = recovery::Settings::from_env(&env)?;
+    if env.optional("RECOVER_AFTER_SECONDS").is_none() {
+        // Minutes are too long to watch a repair on a laptop; still above the retry backoff.
+        recovery_settings.recover_after = LOCAL_RECOVER_AFTER;
+    }
 
     // Bind first: a busy port should fail before anything else starts.
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], options.port)))
@@ -269,7 +280,7 @@ async fn run(options: Options) -> Result<(), Error> {
     let (converse, bedrock_config) = start_model_endpoint(&options, &aws).await?;
     progress.done(&model_summary(&options));
 
-    progress.begin("worker (SQS event source)");
+    progress.begin("worker and recovery (SQS, schedule)");
     let (stop, stopped) = watch::channel(false);
     let store = DynamoJobStore::new(&aws, &resources.table);
     let worker_task = start_worker(
@@ -278,11 +289,14 @@ async fn run(options: Options) -> Result<(), Error> {
         &resources,
         &bedrock_config,
         worker_settings,
-        stopped,
+        stopped.clone(),
     );
+    let recovery_tasks = start_recovery(&options, &aws, &resources, recovery_settings, stopped);
     progress.done(&format!(
-        "batches of up to 10, {} s per invocation",
-        options.worker_timeout
+        "batches of up to 10, {} s per invocation; sweep every {} s, repairs after {} s",
+        options.worker_timeout,
+        options.sweep_every,
+        recovery_settings.recover_after.as_secs()
     ));
 
     progress.begin("gateway (web UI and API)");
@@ -331,6 +345,9 @@ async fn run(options: Options) -> Result<(), Error> {
     eprintln!("\nstopping…");
     let _ = stop.send(true);
     let _ = worker_task.await;
+    for task in recovery_tasks {
+        let _ = task.await;
+    }
     eprintln!("stopped.");
     Ok(())
 }
@@ -428,6 +445,40 @@ fn start_worker(
     })
 }
 
+/// The recovery function, fed by the dead-letter queue and by a timer, as deployed.
+fn start_recovery(
+    options: &Options,
+    aws: &SdkConfig,
+    resources: &Resources,
+    settings: recovery::Settings,
+    stopped: watch::Receiver<bool>,
+) -> [JoinHandle<()>; 2] {
+    let recovery = std::sync::Arc::new(Recovery::new(
+        DynamoJobStore::new(aws, &resources.table),
+        S3ArtifactStore::new(aws, &resources.bucket),
+        SqsJobQueue::new(aws, &resources.queue_url),
+        SqsJobQueue::new(aws, &resources.dead_letter_queue_url),
+        settings,
+    ));
+    let source = SqsEventSource::new(
+        aws,
+        &resources.dead_letter_queue_url,
+        &resources.dead_letter_queue_arn,
+    );
+    let dead_letters = {
+        let (recovery, stopped) = (recovery.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let timeout = Duration::from_secs(60);
+            local::worker_loop::run(&source, &*recovery, timeout, stopped).await;
+        })
+    };
+    let interval = Duration::from_secs(options.sweep_every);
+    let sweeps = tokio::spawn(async move {
+        local::worker_loop::sweep_every(&recovery, interval, stopped).await;
+    });
+    [dead_letters, sweeps]
+}
+
 /// API Gateway's JWT authorizer for the pool's app client. moto stamps the real AWS issuer
 /// host in its tokens while it serves the JWKS itself.
 fn authorizer(options: &Options, aws_url: &str, pool: &UserPool) -> JwtAuthorizer {
@@ -472,8 +523,8 @@ fn exports(
             options.region
         ),
         format!(
-            "  export JOBS_TABLE={} JOBS_QUEUE_URL={} ARTIFACTS_BUCKET={}",
-            resources.table, resources.queue_url, resources.bucket
+            "  export JOBS_TABLE={} JOBS_QUEUE_URL={} DEAD_LETTER_QUEUE_URL={} ARTIFACTS_BUCKET={}",
+            resources.table, resources.queue_url, resources.dead_letter_queue_url, resources.bucket
         ),
     ];
     if let Some(converse) = converse {

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
-use pipeline::adapters::{OWNER_INDEX, describe};
+use pipeline::adapters::{OWNER_INDEX, UNFINISHED_INDEX, describe};
 
 /// Deliveries before SQS moves a message to the dead-letter queue. Above the worker's
 /// `MAX_ATTEMPTS` (3), so that the worker decides a job's fate before SQS gives up on it.
@@ -39,6 +39,7 @@ pub struct Resources {
     pub queue_url: String,
     pub queue_arn: String,
     pub dead_letter_queue_url: String,
+    pub dead_letter_queue_arn: String,
     pub bucket: String,
 }
 
@@ -54,7 +55,7 @@ fn failed(what: impl Into<String>) -> impl FnOnce(String) -> ProvisionError {
     move |detail| ProvisionError { what, detail }
 }
 
-/// Creates the table (with its owner index and TTL), the queue with its dead-letter queue,
+/// Creates the table (with its owner index, its index of unfinished jobs and TTL), the queue with its dead-letter queue,
 /// and the artifacts bucket; what exists already is kept. `visibility_timeout_secs` is the
 /// jobs queue's.
 pub async fn provision(
@@ -63,14 +64,14 @@ pub async fn provision(
     visibility_timeout_secs: u32,
 ) -> Result<Resources, ProvisionError> {
     create_table(config, &names.table).await?;
-    let (queue_url, queue_arn, dead_letter_queue_url) =
-        create_queues(config, &names.queue, visibility_timeout_secs).await?;
+    let queues = create_queues(config, &names.queue, visibility_timeout_secs).await?;
     create_bucket(config, &names.bucket).await?;
     Ok(Resources {
         table: names.table.clone(),
-        queue_url,
-        queue_arn,
-        dead_letter_queue_url,
+        queue_url: queues.url,
+        queue_arn: queues.arn,
+        dead_letter_queue_url: queues.dead_letter_url,
+        dead_letter_queue_arn: queues.dead_letter_arn,
         bucket: names.bucket.clone(),
     })
 }
@@ -91,17 +92,22 @@ async fn create_table(config: &SdkConfig, table: &str) -> Result<(), ProvisionEr
             .build()
             .expect("name and type are set")
     };
-    let owner_index = GlobalSecondaryIndex::builder()
-        .index_name(OWNER_INDEX)
-        .key_schema(key("owner", KeyType::Hash))
-        .key_schema(key("created_at", KeyType::Range))
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
-        .build()
-        .map_err(|e| failed("the owner index")(e.to_string()))?;
+    let index = |name: &str, hash: &str, range: &str, projection: ProjectionType| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(hash, KeyType::Hash))
+            .key_schema(key(range, KeyType::Range))
+            .projection(Projection::builder().projection_type(projection).build())
+            .build()
+            .map_err(|e| failed(format!("the index {name}"))(e.to_string()))
+    };
+    let owner_index = index(OWNER_INDEX, "owner", "created_at", ProjectionType::All)?;
+    let unfinished_index = index(
+        UNFINISHED_INDEX,
+        "unfinished",
+        "updated_at",
+        ProjectionType::KeysOnly,
+    )?;
     let created = client
         .create_table()
         .table_name(table)
@@ -109,8 +115,11 @@ async fn create_table(config: &SdkConfig, table: &str) -> Result<(), ProvisionEr
         .attribute_definitions(attribute("job_id"))
         .attribute_definitions(attribute("owner"))
         .attribute_definitions(attribute("created_at"))
+        .attribute_definitions(attribute("unfinished"))
+        .attribute_definitions(attribute("updated_at"))
         .key_schema(key("job_id", KeyType::Hash))
         .global_secondary_indexes(owner_index)
+        .global_secondary_indexes(unfinished_index)
         .send()
         .await;
     match created {
@@ -144,7 +153,7 @@ async fn create_queues(
     config: &SdkConfig,
     queue: &str,
     visibility_timeout_secs: u32,
-) -> Result<(String, String, String), ProvisionError> {
+) -> Result<Queues, ProvisionError> {
     let client = aws_sdk_sqs::Client::new(config);
     let dead_letter_queue = format!("{queue}-dlq");
     let dlq_url = client
@@ -175,7 +184,19 @@ async fn create_queues(
         .queue_url
         .unwrap_or_default();
     let arn = queue_arn(&client, &queue_url).await?;
-    Ok((queue_url, arn, dlq_url))
+    Ok(Queues {
+        url: queue_url,
+        arn,
+        dead_letter_url: dlq_url,
+        dead_letter_arn: dlq_arn,
+    })
+}
+
+struct Queues {
+    url: String,
+    arn: String,
+    dead_letter_url: String,
+    dead_letter_arn: String,
 }
 
 async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String, ProvisionError> {

@@ -1,13 +1,15 @@
-//! The worker as Lambda's SQS event source mapping drives it: long-poll the queue, invoke the
-//! worker with batches of up to ten messages, delete what it acknowledged, and leave the
-//! reported failures to come back after the queue's visibility timeout.
+//! The functions as Lambda drives them: an SQS event source mapping (long-poll the queue,
+//! invoke the function with batches of up to ten messages, delete what it acknowledged, and
+//! leave the reported failures to come back) for the worker and the recovery function's dead
+//! letters, and a timer for the recovery function's sweep, as EventBridge Scheduler's.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Context, LambdaEvent};
-use pipeline::ports::{ArtifactStore, JobStore, Redelivery, TextModel};
+use pipeline::ports::{ArtifactStore, JobQueue, JobStore, Redelivery, TextModel};
+use recovery::Recovery;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use worker::Worker;
@@ -28,6 +30,33 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> SqsFunction
         event: LambdaEvent<SqsEvent>,
     ) -> impl Future<Output = SqsBatchResponse> + Send {
         self.handle(event)
+    }
+}
+
+impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> SqsFunction
+    for Recovery<S, A, Q, R>
+{
+    async fn invoke(&self, event: LambdaEvent<SqsEvent>) -> SqsBatchResponse {
+        self.dead_letters(&event.payload).await
+    }
+}
+
+/// Sweeps every `interval` until `stop` turns true.
+pub async fn sweep_every<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery>(
+    recovery: &Recovery<S, A, Q, R>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = ticks.tick() => {}
+        }
+        if let Err(cause) = recovery.sweep(chrono::Utc::now()).await {
+            warn!(%cause, "the sweep could not list stranded jobs; the next one will");
+        }
     }
 }
 
@@ -56,7 +85,8 @@ pub async fn run(
         let response = function.invoke(invocation(event.clone(), timeout)).await;
         match source.settle(&event, &response, None).await {
             Ok(settled) => info!(
-                "worker batch: {} message(s), {} acknowledged, {} to retry",
+                "{} batch: {} message(s), {} acknowledged, {} to retry",
+                source.queue_name(),
                 event.records.len(),
                 settled.acknowledged,
                 settled.retried

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Artifact, Job, JobId, Owner, Transition, Transitioned, format_timestamp};
 use crate::ports::{
-    ArtifactStore, Inserted, JobStore, ModelError, ModelReply, ModelRequest, Page, PageCursor,
-    Redelivery, TextModel, Unavailable,
+    ArtifactStore, Inserted, JobQueue, JobStore, ModelError, ModelReply, ModelRequest, Page,
+    PageCursor, Redelivery, TextModel, Unavailable,
 };
 
 /// A poisoned lock only means that another test thread panicked; the data is still usable.
@@ -45,6 +45,8 @@ pub enum StoreOp {
     Release,
     Fail,
     Cancel,
+    Requeue,
+    FindStale,
 }
 
 impl StoreOp {
@@ -55,6 +57,7 @@ impl StoreOp {
             Transition::Release { .. } => Self::Release,
             Transition::Fail { .. } => Self::Fail,
             Transition::Cancel => Self::Cancel,
+            Transition::Requeue { .. } => Self::Requeue,
         }
     }
 }
@@ -169,6 +172,23 @@ impl JobStore for InMemoryJobStore {
     ) -> Result<Transitioned, Unavailable> {
         self.check(StoreOp::of(transition))?;
         Ok(self.apply(id, transition, at))
+    }
+
+    /// Oldest change first.
+    async fn find_stale(
+        &self,
+        unchanged_since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, Unavailable> {
+        self.check(StoreOp::FindStale)?;
+        let state = lock(&self.state);
+        let mut stale: Vec<&Job> = state
+            .jobs
+            .values()
+            .filter(|job| !job.status.is_terminal() && job.updated_at < unchanged_since)
+            .collect();
+        stale.sort_by_key(|job| (job.updated_at, job.id));
+        Ok(stale.into_iter().take(limit).map(|job| job.id).collect())
     }
 }
 
@@ -364,6 +384,46 @@ impl Redelivery for RecordedRedelivery {
             return Err(Unavailable::new("RecordedRedelivery", "failed"));
         }
         state.calls.push((receipt_handle.to_owned(), delay));
+        Ok(())
+    }
+}
+
+/// Records the jobs sent to the queue, in order.
+#[derive(Clone, Default)]
+pub struct RecordedQueue {
+    state: Arc<Mutex<QueueState>>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    sent: Vec<JobId>,
+    failing: u32,
+}
+
+impl RecordedQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The jobs sent so far (failed sends are not recorded).
+    pub fn sent(&self) -> Vec<JobId> {
+        lock(&self.state).sent.clone()
+    }
+
+    /// The next send fails with [`Unavailable`].
+    pub fn fail_next(&self) {
+        lock(&self.state).failing += 1;
+    }
+}
+
+impl JobQueue for RecordedQueue {
+    async fn enqueue(&self, id: JobId) -> Result<(), Unavailable> {
+        let mut state = lock(&self.state);
+        if state.failing > 0 {
+            state.failing -= 1;
+            return Err(Unavailable::new("RecordedQueue", "send failed"));
+        }
+        state.sent.push(id);
         Ok(())
     }
 }

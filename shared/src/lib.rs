@@ -6,11 +6,13 @@
 //!   store, text model, session check).
 //! - [`adapters`]: one implementation of a port per AWS service.
 //! - `fakes` (tests and the `fakes` feature only): in-memory ports for unit tests.
+//! - [`delivery`]: what becomes of SQS deliveries of job messages (worker and recovery).
 //! - [`config`], [`http`], [`telemetry`], [`aws`]: the glue every function needs at its edges.
 
 pub mod adapters;
 pub mod aws;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;

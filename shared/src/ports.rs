@@ -84,6 +84,14 @@ pub trait JobStore: Send + Sync {
         transition: &Transition,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Transitioned, Unavailable>> + Send;
+
+    /// The ids of up to `limit` unfinished jobs that have not changed since `unchanged_since`
+    /// (recovery's candidates), from an index of unfinished jobs: never a scan of the table.
+    fn find_stale(
+        &self,
+        unchanged_since: DateTime<Utc>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JobId>, Unavailable>> + Send;
 }
 
 /// Counts submissions per caller, for `MAX_JOBS_PER_MINUTE`.

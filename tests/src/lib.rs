@@ -31,6 +31,7 @@ use pipeline::adapters::{
 };
 use pipeline::domain::Limits;
 use pipeline::http::HttpSettings;
+use recovery::Recovery;
 use serde_json::Value;
 use status::StatusApi;
 use worker::Worker;
@@ -42,6 +43,7 @@ pub const MAX_PROMPT_CHARS: usize = 1_000;
 pub const MAX_ATTEMPTS: u32 = 3;
 
 pub type JobWorker = Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel, SqsJobQueue>;
+pub type JobRecovery = Recovery<DynamoJobStore, S3ArtifactStore, SqsJobQueue, SqsJobQueue>;
 
 /// The moto server of this test binary: `MOTO_ENDPOINT` if set, else one of our own,
 /// stopped when the test binary exits.
@@ -205,6 +207,30 @@ impl Stack {
         )
     }
 
+    /// The recovery function, repairing jobs unchanged for `recover_after`.
+    pub fn recovery(&self, recover_after: Duration) -> JobRecovery {
+        Recovery::new(
+            self.store(),
+            S3ArtifactStore::new(&self.aws, &self.resources.bucket),
+            SqsJobQueue::new(&self.aws, &self.resources.queue_url),
+            SqsJobQueue::new(&self.aws, &self.resources.dead_letter_queue_url),
+            recovery::Settings {
+                max_attempts: MAX_ATTEMPTS,
+                recover_after,
+                sweep_limit: 1000,
+            },
+        )
+    }
+
+    /// The dead-letter queue, as the recovery function's event source mapping reads it.
+    pub fn dead_letter_events(&self) -> SqsEventSource {
+        SqsEventSource::new(
+            &self.aws,
+            &self.resources.dead_letter_queue_url,
+            &self.resources.dead_letter_queue_arn,
+        )
+    }
+
     /// Submits a prompt as `user` and returns the new job's id.
     pub async fn submit(&self, user: &str, prompt: &str) -> String {
         let body = serde_json::json!({ "prompt": prompt }).to_string();
@@ -303,6 +329,27 @@ impl Stack {
         let content_type = object.content_type.clone().unwrap_or_default();
         let bytes = object.body.collect().await.unwrap().into_bytes();
         Some((content_type, serde_json::from_slice(&bytes).unwrap()))
+    }
+
+    /// Every key in the artifacts bucket.
+    pub async fn artifact_keys(&self) -> Vec<String> {
+        let mut pages = self
+            .s3()
+            .list_objects_v2()
+            .bucket(&self.resources.bucket)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            keys.extend(
+                page.unwrap()
+                    .contents
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|object| object.key),
+            );
+        }
+        keys
     }
 
     /// How many artifacts the bucket holds.

@@ -6,21 +6,21 @@
 //! attempt holds only while the lease is still its own, so two deliveries of one message never
 //! both finish a job, and a `succeeded` job's record and artifact always agree.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use lambda_runtime::LambdaEvent;
 use pipeline::config::{ConfigError, Env};
+use pipeline::delivery::{self, Deliveries, Outcome};
 use pipeline::domain::{
     Artifact, ArtifactResponse, Completion, FailureCode, Job, JobFailure, JobId, Lease, LeaseId,
-    Transition, Transitioned, decode_job_message,
+    Transition, Transitioned,
 };
 use pipeline::ports::{
     ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, Redelivery, TextModel,
 };
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -76,16 +76,6 @@ pub fn retry_delay(attempts: u32, base: Duration, cap: Duration, jitter: f64) ->
     ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// What becomes of one message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    /// Done with it, for good or ill: delete it from the queue.
-    Acknowledge,
-    /// Report it as a batch item failure, so that it comes back (when its visibility was set
-    /// to, or after the queue's visibility timeout).
-    Retry,
-}
-
 pub struct Worker<S, A, M, R> {
     store: S,
     artifacts: A,
@@ -118,51 +108,25 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         let deadline = (event.context.deadline > 0)
             .then(|| DateTime::from_timestamp_millis(event.context.deadline as i64))
             .flatten();
-
-        // Two messages for one job in one batch must cost one model call: group them, run
-        // the job once for the most-delivered message, and acknowledge the others.
-        let mut jobs: BTreeMap<JobId, &SqsMessage> = BTreeMap::new();
-        for message in &event.payload.records {
-            let Some(job_id) = message.body.as_deref().and_then(decode_job_message) else {
-                warn!(
-                    message_id = message.message_id.as_deref().unwrap_or("?"),
-                    "malformed message acknowledged: the body is not {{\"job_id\": \"<uuid>\"}}"
-                );
-                continue;
-            };
-            let kept = jobs.entry(job_id).or_insert(message);
-            if receive_count(message) > receive_count(kept) {
-                *kept = message;
-            }
-        }
-
-        let runs = jobs.into_iter().map(|(job_id, message)| async move {
-            let span = info_span!("job", job_id = %job_id);
-            let delivery = Delivery {
+        delivery::each_job(&event.payload, |job_id, message| {
+            self.run(Delivery {
                 job_id,
                 message,
                 deadline,
-            };
-            let outcome = self.run(&delivery).instrument(span).await;
-            (message, outcome)
-        });
-        let batch_item_failures = futures::future::join_all(runs)
-            .await
-            .into_iter()
-            .filter(|(_, outcome)| *outcome == Outcome::Retry)
-            .filter_map(|(message, _)| message.message_id.clone())
-            .map(|id| {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = id;
-                failure
             })
-            .collect();
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = batch_item_failures;
-        response
+        })
+        .await
     }
 
-    async fn run(&self, delivery: &Delivery<'_>) -> Outcome {
+    fn deliveries(&self) -> Deliveries<'_, S, A, R> {
+        Deliveries {
+            store: &self.store,
+            artifacts: &self.artifacts,
+            queue: &self.queue,
+        }
+    }
+
+    async fn run(&self, delivery: Delivery<'_>) -> Outcome {
         let now = Utc::now();
         // The lease lasts as long as this invocation can: past its deadline nobody is working.
         let lease_ends = delivery
@@ -176,7 +140,12 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         let job = match self.store.transition(delivery.job_id, &start, now).await {
             Ok(Transitioned::Done(job)) => job,
             Ok(Transitioned::Refused(current)) => {
-                return self.not_started(delivery, current, now).await;
+                // Judged as the store judged it: a lease that has ended since the refusal
+                // still held the job then, which is no sign that its attempts are used up.
+                return self
+                    .deliveries()
+                    .settle_unstarted(delivery.message, current, now)
+                    .await;
             }
             Err(cause) => {
                 warn!(%cause, "could not start the job; it will be retried");
@@ -188,7 +157,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         };
         info!(
             attempt = job.attempts,
-            delivery = receive_count(delivery.message),
+            delivery = delivery::receive_count(delivery.message),
             model = %job.request.model,
             "job running"
         );
@@ -198,62 +167,29 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         let latency = started.elapsed();
         match reply {
             Ok(reply) => {
-                self.succeed(delivery, &job, &lease.id, reply, latency)
+                self.succeed(&delivery, &job, &lease.id, reply, latency)
                     .await
             }
             Err(ModelError::Retryable(cause)) if job.attempts < self.settings.max_attempts => {
-                self.release(delivery, &job, &lease.id, &cause).await
+                self.release(&delivery, &job, &lease.id, &cause).await
             }
             Err(ModelError::Retryable(cause)) => {
                 let message = format!(
                     "The model was unavailable on all {} calls; the last error was: {cause}",
                     job.attempts
                 );
-                self.fail(&job, Some(lease.id), FailureCode::ModelUnavailable, message)
+                let failure = JobFailure::new(FailureCode::ModelUnavailable, message);
+                self.deliveries()
+                    .fail(job.id, Some(lease.id), failure)
                     .await
             }
             Err(ModelError::Permanent(cause)) => {
-                self.fail(&job, Some(lease.id), FailureCode::ModelError, cause)
+                let failure = JobFailure::new(FailureCode::ModelError, cause);
+                self.deliveries()
+                    .fail(job.id, Some(lease.id), failure)
                     .await
             }
         }
-    }
-
-    /// The job could not be started at `refused_at`: it is gone or finished, another attempt
-    /// holds it, or its attempts were used up by attempts that never finished.
-    async fn not_started(
-        &self,
-        delivery: &Delivery<'_>,
-        current: Option<Job>,
-        refused_at: DateTime<Utc>,
-    ) -> Outcome {
-        let Some(job) = current else {
-            info!("job is missing (expired or deleted); message acknowledged");
-            return Outcome::Acknowledge;
-        };
-        if job.status.is_terminal() {
-            info!(status = %job.status, "job is already finished; message acknowledged");
-            return Outcome::Acknowledge;
-        }
-        // Judged as the store judged it: a lease that has ended since the refusal still
-        // held the job then, which is no sign that its attempts are used up.
-        if let Some(lease) = job.lease.as_ref().filter(|lease| lease.is_live(refused_at)) {
-            // Someone else is working on it: look again once their lease can have ended.
-            let wait = (lease.expires_at - Utc::now()).to_std().unwrap_or_default();
-            info!(
-                wait_ms = wait.as_millis() as u64,
-                "another attempt holds the job; it will be looked at again"
-            );
-            return self
-                .come_back(delivery, wait + Duration::from_secs(1))
-                .await;
-        }
-        let message = format!(
-            "The worker stopped before finishing the job, after {} model calls.",
-            job.attempts
-        );
-        self.fail(&job, None, FailureCode::WorkerError, message)
-            .await
     }
 
     async fn generate(
@@ -297,7 +233,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         latency: Duration,
     ) -> Outcome {
         let completed_at = Utc::now();
-        let key = job.artifact_key(lease);
+        let key = job.artifact_key(job.attempts);
         let latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         let response = ArtifactResponse {
             text: reply.text,
@@ -318,14 +254,14 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
             },
         };
         match self.store.transition(job.id, &succeed, completed_at).await {
-            Ok(Transitioned::Done(_)) => {
+            Ok(Transitioned::Done(succeeded)) => {
                 info!(
                     input_tokens = reply.usage.input_tokens,
                     output_tokens = reply.usage.output_tokens,
                     latency_ms,
                     "job succeeded"
                 );
-                Outcome::Acknowledge
+                self.deliveries().tidy(&succeeded).await
             }
             Ok(Transitioned::Refused(current)) => {
                 info!(
@@ -374,49 +310,8 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
             fastrand::f64(),
         );
         warn!(%cause, attempt = job.attempts, retry_in_ms = delay.as_millis() as u64, "the attempt failed; the job will be retried");
-        self.come_back(delivery, delay).await
+        self.deliveries().come_back(delivery.message, delay).await
     }
-
-    /// Reports the message for retry, after `delay` instead of the queue's whole visibility
-    /// timeout.
-    async fn come_back(&self, delivery: &Delivery<'_>, delay: Duration) -> Outcome {
-        if let Some(handle) = &delivery.message.receipt_handle
-            && let Err(cause) = self.queue.redeliver_after(handle, delay).await
-        {
-            warn!(%cause, "could not shorten the wait; the message returns after the visibility timeout");
-        }
-        Outcome::Retry
-    }
-
-    async fn fail(
-        &self,
-        job: &Job,
-        lease: Option<LeaseId>,
-        code: FailureCode,
-        message: String,
-    ) -> Outcome {
-        warn!(code = code.as_str(), %message, "job failed");
-        let fail = Transition::Fail {
-            lease,
-            failure: JobFailure::new(code, message),
-        };
-        match self.store.transition(job.id, &fail, Utc::now()).await {
-            Ok(_) => Outcome::Acknowledge,
-            Err(cause) => {
-                warn!(%cause, "could not record the failure; the job will be retried");
-                Outcome::Retry
-            }
-        }
-    }
-}
-
-/// SQS's `ApproximateReceiveCount`: 1 on the first delivery.
-fn receive_count(message: &SqsMessage) -> u32 {
-    message
-        .attributes
-        .get("ApproximateReceiveCount")
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -547,13 +547,10 @@ async fn the_attempt_holds_the_job_until_the_invocation_can_have_ended() {
         }
         let after = world.store.job(job.id).unwrap();
         assert_eq!(after.status, JobStatus::Succeeded);
-        assert!(
-            after
-                .completion
-                .unwrap()
-                .artifact_key
-                .ends_with(&format!("/{}.json", lease.id.as_str())),
-            "the attempt's own artifact key"
+        assert_eq!(
+            after.completion.unwrap().artifact_key,
+            job.artifact_key(1),
+            "the first attempt's own artifact key"
         );
     }
 }
@@ -843,6 +840,14 @@ impl JobStore for LeaseEndsDuringTheRefusal {
         }
         result
     }
+
+    async fn find_stale(
+        &self,
+        unchanged_since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, Unavailable> {
+        self.0.find_stale(unchanged_since, limit).await
+    }
 }
 
 /// A start refused because another attempt held the job is not a job whose attempts are
@@ -869,4 +874,65 @@ async fn a_job_held_when_its_start_was_refused_is_not_failed_as_stranded() {
         "soon, the lease being over: {delay:?}"
     );
     assert_eq!(world.model.calls(), 0);
+}
+
+/// Attempts that died between writing their artifact and recording their outcome left
+/// objects behind. Whoever finishes the job removes them, and so does any later delivery that
+/// finds the job finished: a finished job keeps only the artifact its record names.
+#[tokio::test]
+async fn a_finished_job_keeps_no_artifact_of_the_attempts_that_died() {
+    use pipeline::ports::ArtifactStore;
+    async fn left_behind(world: &World, job: &Job, attempts: u32) {
+        for attempt in 1..=attempts {
+            let response = pipeline::domain::ArtifactResponse {
+                text: "lost".into(),
+                stop_reason: "end_turn".into(),
+            };
+            let artifact =
+                pipeline::domain::Artifact::new(job, response, Usage::default(), Utc::now(), 1);
+            world
+                .artifacts
+                .put(&job.artifact_key(attempt), &artifact)
+                .await
+                .unwrap();
+        }
+    }
+    for (name, before, reply, kept) in [
+        (
+            "succeeds on the third call",
+            Before::Released,
+            Reply::Answer,
+            Some(3),
+        ),
+        (
+            "fails on the third call",
+            Before::Released,
+            Reply::Permanent,
+            None,
+        ),
+        (
+            "was finished by the second",
+            Before::Succeeded,
+            Reply::NoCall,
+            Some(2),
+        ),
+    ] {
+        let world = World::new(3);
+        let mut job = before.job(2).unwrap();
+        let second = job.artifact_key(2);
+        if let Some(completion) = job.completion.as_mut() {
+            completion.artifact_key = second;
+        }
+        world.store.seed(job.clone());
+        left_behind(&world, &job, 2).await;
+        reply.script(&world.model);
+
+        let retried = world.deliver(vec![message(job.id, "m-1", 1)]).await;
+
+        assert!(retried.is_empty(), "{name}");
+        let after = world.store.job(job.id).unwrap();
+        assert!(after.status.is_terminal(), "{name}");
+        let expected: Vec<String> = kept.map(|n| job.artifact_key(n)).into_iter().collect();
+        assert_eq!(world.artifacts.keys(), expected, "{name}");
+    }
 }

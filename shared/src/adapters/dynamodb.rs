@@ -17,6 +17,21 @@ use crate::ports::{Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavai
 /// The owner index of the contract: partition key `owner`, sort key `created_at`.
 pub const OWNER_INDEX: &str = "owner-created_at-index";
 
+/// The index of unfinished jobs, for the sweep: partition key `unfinished`, sort key
+/// `updated_at`, keys only. It is sparse: a job carries `unfinished` from its creation to its
+/// terminal transition, which removes it, so finished jobs are never read.
+pub const UNFINISHED_INDEX: &str = "unfinished-updated_at-index";
+
+/// `unfinished` is the job id's first hex digit: sixteen partitions instead of one, so that
+/// the writes of many running jobs (each change moves `updated_at`) spread over the index.
+fn unfinished_shard(id: JobId) -> String {
+    id.to_string()[..1].to_owned()
+}
+
+const UNFINISHED_SHARDS: [&str; 16] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
+
 type Item = HashMap<String, AttributeValue>;
 
 /// The jobs table on DynamoDB. Every status change is a conditional update, so the table
@@ -137,6 +152,40 @@ impl JobStore for DynamoJobStore {
             },
         }
     }
+
+    async fn find_stale(
+        &self,
+        unchanged_since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobId>, Unavailable> {
+        let mut found = Vec::new();
+        for shard in UNFINISHED_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(UNFINISHED_INDEX)
+                .key_condition_expression("#shard = :shard AND #updated_at < :since")
+                .expression_attribute_names("#shard", "unfinished")
+                .expression_attribute_names("#updated_at", "updated_at")
+                .expression_attribute_values(":shard", s(shard))
+                .expression_attribute_values(":since", s(format_timestamp(unchanged_since)))
+                .projection_expression("#job_id")
+                .expression_attribute_names("#job_id", "job_id")
+                .into_paginator()
+                .items()
+                .send();
+            while found.len() < limit
+                && let Some(item) = pages.next().await
+            {
+                let item =
+                    item.map_err(|error| Unavailable::new("DynamoDB Query", describe(&error)))?;
+                let id = Record(&item).text("job_id").and_then(JobId::parse);
+                found.extend(id);
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// A transition as one conditional `UpdateItem`: its guard as the condition, so that
@@ -150,16 +199,16 @@ struct Update {
 
 impl Update {
     fn of(transition: &Transition, at: DateTime<Utc>) -> Self {
-        let target = transition.target();
-        let mut sets = vec![
-            ("status", s(target.as_str())),
-            ("updated_at", s(format_timestamp(at))),
-        ];
-        if target.is_terminal() {
-            sets.push(("completed_at", s(format_timestamp(at))));
-        }
+        let mut sets = vec![("updated_at", s(format_timestamp(at)))];
         let mut adds = vec![("seq", n(1))];
         let mut removes = vec!["lease_id", "lease_expires_at"];
+        if let Some(target) = transition.target() {
+            sets.push(("status", s(target.as_str())));
+            if target.is_terminal() {
+                sets.push(("completed_at", s(format_timestamp(at))));
+                removes.push("unfinished"); // out of the sweep's index
+            }
+        }
         match transition {
             Transition::Start { lease, .. } => {
                 sets.push(("lease_id", s(lease.id.as_str())));
@@ -178,7 +227,7 @@ impl Update {
                 ("error_code", s(&failure.code)),
                 ("error_message", s(&failure.message)),
             ]),
-            Transition::Release { .. } | Transition::Cancel => {}
+            Transition::Release { .. } | Transition::Cancel | Transition::Requeue { .. } => {}
         }
 
         // Every attribute goes by an alias: `status` and `owner` are DynamoDB reserved words.
@@ -255,6 +304,12 @@ impl Update {
                 let queued = self.value_once(":queued", s(JobStatus::Queued.as_str()));
                 format!("{status} IN ({queued}, {running})")
             }
+            Guard::Stranded(at, unchanged_since, max_attempts) => {
+                let startable = self.guard(&Guard::Startable(*at, *max_attempts));
+                let updated_at = self.name("updated_at");
+                let since = self.value(s(format_timestamp(*unchanged_since)));
+                format!("{startable} AND {updated_at} <= {since}")
+            }
         }
     }
 }
@@ -314,6 +369,9 @@ fn job_to_item(job: &Job) -> Item {
         ("seq".to_owned(), n(job.seq)),
         ("attempts".to_owned(), n(job.attempts)),
     ]);
+    if !job.status.is_terminal() {
+        item.insert("unfinished".to_owned(), s(unfinished_shard(job.id)));
+    }
     let optional = [
         ("system", request.system.as_deref().map(s)),
         ("temperature", request.temperature.map(n)),

@@ -8,7 +8,7 @@ mod sqs;
 
 pub use bedrock::BedrockTextModel;
 pub use cognito::CognitoSessionCheck;
-pub use dynamodb::{DynamoJobStore, OWNER_INDEX};
+pub use dynamodb::{DynamoJobStore, OWNER_INDEX, UNFINISHED_INDEX};
 pub use s3::S3ArtifactStore;
 pub use sqs::SqsJobQueue;
 

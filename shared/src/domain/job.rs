@@ -255,6 +255,13 @@ pub enum Transition {
     },
     /// The owner stops the job, whoever is working on it.
     Cancel,
+    /// Recovery sends a stranded job's message again: the job is free, has model calls left
+    /// and has not changed since `unchanged_since`. Its status stays; the change of
+    /// `updated_at` keeps the next sweep from sending it again before its time.
+    Requeue {
+        unchanged_since: DateTime<Utc>,
+        max_attempts: u32,
+    },
 }
 
 /// When a transition may be applied to a job as it is.
@@ -268,6 +275,8 @@ pub enum Guard {
     Holds(LeaseId),
     /// The job is `queued` or `running`, whatever its lease.
     Unfinished,
+    /// Startable at this time, and unchanged since the second time.
+    Stranded(DateTime<Utc>, DateTime<Utc>, u32),
 }
 
 impl Guard {
@@ -286,17 +295,23 @@ impl Guard {
                     && job.lease.as_ref().is_some_and(|lease| lease.id == *id)
             }
             Self::Unfinished => !job.status.is_terminal(),
+            Self::Stranded(at, unchanged_since, max_attempts) => {
+                job.updated_at <= *unchanged_since
+                    && Self::Startable(*at, *max_attempts).admits(job)
+            }
         }
     }
 }
 
 impl Transition {
-    pub fn target(&self) -> JobStatus {
+    /// The status the job gets (`None`: it keeps its own).
+    pub fn target(&self) -> Option<JobStatus> {
         match self {
-            Self::Start { .. } | Self::Release { .. } => JobStatus::Running,
-            Self::Succeed { .. } => JobStatus::Succeeded,
-            Self::Fail { .. } => JobStatus::Failed,
-            Self::Cancel => JobStatus::Cancelled,
+            Self::Start { .. } | Self::Release { .. } => Some(JobStatus::Running),
+            Self::Succeed { .. } => Some(JobStatus::Succeeded),
+            Self::Fail { .. } => Some(JobStatus::Failed),
+            Self::Cancel => Some(JobStatus::Cancelled),
+            Self::Requeue { .. } => None,
         }
     }
 
@@ -311,6 +326,10 @@ impl Transition {
                 lease: Some(lease), ..
             } => Guard::Holds(lease.clone()),
             Self::Cancel => Guard::Unfinished,
+            Self::Requeue {
+                unchanged_since,
+                max_attempts,
+            } => Guard::Stranded(at, *unchanged_since, *max_attempts),
         }
     }
 }
@@ -378,15 +397,30 @@ impl Job {
         }
     }
 
-    /// Where the attempt holding `lease` writes its artifact: one key per attempt, so that
-    /// an attempt that loses a race never overwrites the winner's.
-    pub fn artifact_key(&self, lease: &LeaseId) -> String {
+    /// Where attempt number `attempt` (the job's `attempts` once that attempt started it)
+    /// writes its artifact: one key per attempt, so that an attempt that loses a race never
+    /// overwrites the winner's. Each start counts one more attempt, atomically, so no two
+    /// attempts ever share a number.
+    pub fn artifact_key(&self, attempt: u32) -> String {
         format!(
-            "artifacts/{}/{}/{}.json",
+            "artifacts/{}/{}/{attempt}.json",
             self.owner.as_str(),
-            self.id,
-            lease.as_str()
+            self.id
         )
+    }
+
+    /// The artifacts a finished job must not keep: those of every attempt but the one that
+    /// succeeded (an attempt that died between writing its artifact and recording its
+    /// outcome left its object behind). None while the job is unfinished.
+    pub fn leftover_artifacts(&self) -> Vec<String> {
+        if !self.status.is_terminal() {
+            return Vec::new();
+        }
+        let kept = self.completion.as_ref().map(|c| c.artifact_key.as_str());
+        (1..=self.attempts)
+            .map(|attempt| self.artifact_key(attempt))
+            .filter(|key| Some(key.as_str()) != kept)
+            .collect()
     }
 
     /// The job after `transition` at `at`, or `None` if its guard refuses it. The store
@@ -396,7 +430,7 @@ impl Job {
             return None;
         }
         let mut next = self.clone();
-        next.status = transition.target();
+        next.status = transition.target().unwrap_or(self.status);
         next.updated_at = at;
         next.seq += 1;
         next.lease = None;
@@ -410,10 +444,45 @@ impl Job {
             }
             Transition::Succeed { completion, .. } => next.completion = Some(completion.clone()),
             Transition::Fail { failure, .. } => next.failure = Some(failure.clone()),
-            Transition::Release { .. } | Transition::Cancel => {}
+            Transition::Release { .. } | Transition::Cancel | Transition::Requeue { .. } => {}
         }
         Some(next)
     }
+
+    /// Where the job stands for someone who will not start it (a delivery refused by the
+    /// start, a dead-lettered message, the sweep), at `at`.
+    pub fn standing(&self, at: DateTime<Utc>) -> Standing {
+        if self.status.is_terminal() {
+            return Standing::Finished;
+        }
+        match &self.lease {
+            Some(lease) if lease.is_live(at) => Standing::HeldUntil(lease.expires_at),
+            _ => Standing::Free,
+        }
+    }
+
+    /// The failure of a job that attempts stopped working on for good (crashes, time-outs,
+    /// a dead-lettered message), with the model calls it had.
+    pub fn abandoned(&self) -> JobFailure {
+        JobFailure::new(
+            FailureCode::WorkerError,
+            format!(
+                "The worker stopped before finishing the job, after {} model calls.",
+                self.attempts
+            ),
+        )
+    }
+}
+
+/// See [`Job::standing`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Succeeded, failed or cancelled: nothing is left to do for it.
+    Finished,
+    /// An attempt holds it until then.
+    HeldUntil(DateTime<Utc>),
+    /// Unfinished, and no attempt holds it.
+    Free,
 }
 
 #[cfg(test)]
@@ -505,8 +574,13 @@ mod tests {
             lease: lease_b.clone(),
             max_attempts,
         };
+        // The jobs last changed 100 s before `now`.
+        let requeue = |unchanged_for: i64, max_attempts| Transition::Requeue {
+            unchanged_since: now - Duration::seconds(unchanged_for),
+            max_attempts,
+        };
         #[rustfmt::skip]
-        let cases: [(&str, Transition, [bool; 7]); 9] = [
+        let cases: [(&str, Transition, [bool; 7]); 12] = [
             //                                             queued live  expired released succ   failed cancelled
             ("start B", start(2), [true, false, true, true, false, false, false]),
             ("start B after the last call", start(1), [false; 7]),
@@ -517,13 +591,17 @@ mod tests {
             ("cancel", Transition::Cancel, [true, true, true, true, false, false, false]),
             ("succeed B", Transition::Succeed { lease: lease_b.id.clone(), completion: Completion { output: String::new(), stop_reason: String::new(), usage: Usage::default(), artifact_key: String::new() } }, [false; 7]),
             ("release B", Transition::Release { lease: lease_b.id.clone() }, [false; 7]),
+            ("requeue if unchanged for 50 s", requeue(50, 2), [true, false, true, true, false, false, false]),
+            ("requeue if unchanged for 200 s", requeue(200, 2), [false; 7]),
+            ("requeue after the last call", requeue(50, 1), [false; 7]),
         ];
         for (name, transition, admitted) in cases {
             for ((state, job), admitted) in jobs.iter().zip(admitted) {
                 let next = job.apply(&transition, now);
                 assert_eq!(next.is_some(), admitted, "{name} on a job {state}");
                 let Some(next) = next else { continue };
-                assert_eq!(next.status, transition.target(), "{name} on {state}");
+                let status = transition.target().unwrap_or(job.status);
+                assert_eq!(next.status, status, "{name} on {state}");
                 assert_eq!(next.seq, job.seq + 1, "every change grows seq");
                 assert_eq!(next.updated_at, now);
                 assert_eq!(next.completed_at.is_some(), next.status.is_terminal());
@@ -542,13 +620,69 @@ mod tests {
     }
 
     #[test]
+    fn a_job_not_to_be_started_is_finished_held_or_free() {
+        let now = DateTime::from_timestamp(1_795_860_100, 0).unwrap();
+        let live = Lease::new(now + Duration::seconds(30));
+        let ended = Lease::new(now);
+        let cases = [
+            (job_in(Queued, None), Standing::Free),
+            (job_in(Running, None), Standing::Free),
+            (job_in(Running, Some(ended)), Standing::Free),
+            (
+                job_in(Running, Some(live.clone())),
+                Standing::HeldUntil(live.expires_at),
+            ),
+            (job_in(Succeeded, None), Standing::Finished),
+            (job_in(Failed, None), Standing::Finished),
+            (job_in(Cancelled, None), Standing::Finished),
+        ];
+        for (job, standing) in cases {
+            assert_eq!(job.standing(now), standing, "{}", job.status);
+        }
+        let failure = job_in(Running, None).abandoned();
+        assert_eq!(failure.code, "worker_error");
+        assert!(
+            failure.message.contains("after 1 model calls"),
+            "{failure:?}"
+        );
+    }
+
+    #[test]
     fn each_attempt_has_its_own_artifact_key() {
         let job = job_in(Running, None);
-        let (a, b) = (LeaseId::random(), LeaseId::random());
-        assert_ne!(job.artifact_key(&a), job.artifact_key(&b));
-        let prefix = format!("artifacts/o/{}", job.id);
-        assert!(job.artifact_key(&a).starts_with(&prefix));
-        assert!(job.artifact_key(&a).ends_with(".json"));
+        assert_ne!(job.artifact_key(1), job.artifact_key(2));
+        assert_eq!(
+            job.artifact_key(2),
+            format!("artifacts/o/{}/2.json", job.id)
+        );
+    }
+
+    /// A finished job keeps only the artifact its record names; an unfinished one is left
+    /// alone, since its attempts may still be writing.
+    #[test]
+    fn a_finished_job_leaves_no_artifact_but_its_own() {
+        let mut job = job_in(Running, None);
+        job.attempts = 3;
+        assert!(job.leftover_artifacts().is_empty(), "unfinished");
+        let all: Vec<String> = (1..=3).map(|n| job.artifact_key(n)).collect();
+
+        job.status = Failed;
+        assert_eq!(job.leftover_artifacts(), all);
+        job.status = Cancelled;
+        assert_eq!(job.leftover_artifacts(), all);
+
+        job.status = Succeeded;
+        job.completion = Some(Completion {
+            output: "text".into(),
+            stop_reason: "end_turn".into(),
+            usage: Usage::default(),
+            artifact_key: job.artifact_key(2),
+        });
+        assert_eq!(job.leftover_artifacts(), [all[0].clone(), all[2].clone()]);
+
+        job.attempts = 0;
+        job.status = Failed;
+        assert!(job.leftover_artifacts().is_empty(), "never started");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use artifact::{Artifact, ArtifactRequest, ArtifactResponse};
 pub use error::{ErrorCode, RequestError};
 pub use job::{
     Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Lease,
-    LeaseId, Owner, Transition, Transitioned, Usage,
+    LeaseId, Owner, Standing, Transition, Transitioned, Usage,
 };
 pub use message::{decode_job_message, encode_job_message};
 pub use quota::RateWindow;

@@ -7,6 +7,7 @@ mod generate;
 mod iam_callers;
 mod lifecycle;
 mod model_providers;
+mod recovery;
 mod round_trip;
 mod sample_events;
 mod sessions;

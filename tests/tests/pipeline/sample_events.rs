@@ -56,6 +56,8 @@ fn there_is_a_sample_for_each_input() {
             "job-cancel.json",
             "job-status.json",
             "jobs-list.json",
+            "recovery-dead-letters.json",
+            "recovery-sweep.json",
             "worker-batch.json"
         ]
     );
@@ -144,4 +146,35 @@ async fn worker_batch_json_runs_both_jobs() {
         );
     }
     assert_eq!(stack.bedrock.calls().len(), 2);
+}
+
+/// The recovery function's two inputs: the dead letter fails its stranded job, the sweep's
+/// tick sends a job that was never enqueued.
+#[tokio::test]
+async fn recovery_samples_fail_a_dead_lettered_job_and_sweep() {
+    let stack = Stack::new().await;
+    let recovery = stack.recovery(std::time::Duration::from_secs(60));
+    let dead_letters: recovery::RecoveryEvent = sample("recovery-dead-letters.json");
+    let recovery::RecoveryEvent::DeadLetters(batch) = &dead_letters else {
+        panic!("recovery-dead-letters.json is not a batch of dead letters");
+    };
+    let body: serde_json::Value =
+        serde_json::from_str(batch.records[0].body.as_deref().unwrap()).unwrap();
+    seed(&stack, body["job_id"].as_str().unwrap()).await;
+    let answer = recovery.handle(dead_letters).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&answer).unwrap(),
+        serde_json::json!({"batchItemFailures": []})
+    );
+    let item = stack.item(body["job_id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(item["status"].as_s().unwrap(), "failed");
+    assert_eq!(item["error_code"].as_s().unwrap(), "worker_error");
+
+    let sweep: recovery::RecoveryEvent = sample("recovery-sweep.json");
+    let answer = recovery.handle(sweep).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&answer).unwrap(),
+        serde_json::json!({"candidates": 0, "requeued": 0, "failed": 0, "errors": 0}),
+        "nothing is stranded: the failed job left the index"
+    );
 }
