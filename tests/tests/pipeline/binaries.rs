@@ -60,6 +60,26 @@ fn each_function_names_its_missing_variable_and_stops() {
             "MAX_ATTEMPTS",
         ),
         ("status", vec![], "JOBS_TABLE"),
+        (
+            "recovery",
+            vec![
+                ("JOBS_TABLE", "jobs"),
+                ("ARTIFACTS_BUCKET", "b"),
+                ("JOBS_QUEUE_URL", "http://q"),
+            ],
+            "DEAD_LETTER_QUEUE_URL",
+        ),
+        (
+            "recovery",
+            vec![
+                ("JOBS_TABLE", "jobs"),
+                ("ARTIFACTS_BUCKET", "b"),
+                ("JOBS_QUEUE_URL", "http://q"),
+                ("DEAD_LETTER_QUEUE_URL", "http://dlq"),
+                ("RECOVER_AFTER_SECONDS", "soon"),
+            ],
+            "RECOVER_AFTER_SECONDS",
+        ),
     ];
     for (name, vars, missing) in cases {
         let output = Command::new(binary(name))
@@ -83,8 +103,8 @@ fn each_function_names_its_missing_variable_and_stops() {
 }
 
 /// The `local-stack` binary as a newcomer meets it: what its banner says, the export lines
-/// it prints, a token for curl, `ALLOWED_ORIGIN` honoured, and logs without colour codes
-/// when they do not go to a terminal.
+/// it prints, a token for curl, `ALLOWED_ORIGIN` honoured, its sweep repairing a job that was
+/// never enqueued, and logs without colour codes when they do not go to a terminal.
 #[tokio::test]
 async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
     use std::io::{BufRead, BufReader, Read};
@@ -101,9 +121,13 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
             "5",
             "--throttle-rate",
             "0.25",
+            "--sweep-every",
+            "1",
         ])
         .current_dir(&root)
         .env("ALLOWED_ORIGIN", "https://app.example")
+        .env("RECOVER_AFTER_SECONDS", "2")
+        .env("RETRY_MAX_SECONDS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -137,6 +161,7 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
         "JOBS_QUEUE_URL=http://127.0.0.1:",
         "ARTIFACTS_BUCKET=",
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME=",
+        "DEAD_LETTER_QUEUE_URL=http://127.0.0.1:",
     ] {
         assert!(
             banner
@@ -145,6 +170,10 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
             "{export} in the export lines: {text}"
         );
     }
+    assert!(
+        text.contains("sweep every 1 s, repairs after 2 s"),
+        "the banner shows the recovery settings: {text}"
+    );
     let gateway = banner
         .iter()
         .find(|line| line.contains("gateway (web UI and API)"))
@@ -177,6 +206,42 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
         accepted.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+
+    // A job whose api died before enqueueing it: the local stack's sweep sends it, and its
+    // worker runs it.
+    let aws_url = text
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("AWS_ENDPOINT_URL="))
+        .unwrap();
+    let store = pipeline::adapters::DynamoJobStore::new(
+        &integration_tests::sdk_config(aws_url).await,
+        "bedrock-jobs-jobs",
+    );
+    let request = pipeline::domain::GenerateRequest {
+        prompt: "Left behind".into(),
+        model: integration_tests::DEFAULT_MODEL.into(),
+        max_tokens: 32,
+        temperature: None,
+        system: None,
+    };
+    let stranded = pipeline::domain::Job::queued(
+        pipeline::domain::Owner::new("nobody"),
+        request,
+        None,
+        chrono::Utc::now(),
+        chrono::Duration::days(1),
+    );
+    use pipeline::ports::JobStore;
+    store.insert(&stranded).await.unwrap();
+    let mut status = stranded.status;
+    for _ in 0..150 {
+        status = store.get(stranded.id).await.unwrap().unwrap().status;
+        if status.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, pipeline::domain::JobStatus::Succeeded);
 
     let wrong = Command::new(binary("local-stack"))
         .args(["token", "--port", port, "--password", "not-the-password"])
