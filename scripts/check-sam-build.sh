@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves that `sam build` builds the three functions for x86_64 with cargo-lambda: a release
+# Proves that `sam build` builds the four functions for x86_64 with cargo-lambda: a release
 # build (LTO, one codegen unit) of about ten minutes on two cores the first time. arm64 needs
 # the aarch64 Rust target, which this check does not assume.
 set -euo pipefail
@@ -14,7 +14,7 @@ step "sam build --parameter-overrides Architecture=x86_64"
 sam build --parameter-overrides Architecture=x86_64 --build-dir "$build_dir"
 
 step "checking the bootstrap binaries"
-for function in GenerateFunction JobStatusFunction WorkerFunction; do
+for function in GenerateFunction JobStatusFunction WorkerFunction RecoveryFunction; do
   python3 - "$build_dir/$function/bootstrap" <<'PY'
 import os, struct, sys
 path = sys.argv[1]

@@ -13,7 +13,7 @@ source scripts/sam-env.sh
 stack=${STACK_NAME:-bedrock-jobs}
 started=$SECONDS
 
-step "sam build (release build of the three functions; several minutes the first time)"
+step "sam build (release build of the four functions; several minutes the first time)"
 sam build
 
 step "sam deploy --stack-name $stack"

@@ -1,30 +1,71 @@
 // Bedrock Jobs web UI: sign up / confirm / sign in against Cognito, submit prompts, follow
-// jobs until they end. No framework and no build step; everything the model wrote is shown
-// with textContent, never parsed as HTML.
+// jobs until they end. No framework and no build step.
+//
+// What a model wrote is shown either as text (textContent) or as Markdown: marked turns it
+// into HTML with raw HTML escaped, then DOMPurify keeps only a fixed list of harmless elements
+// and http(s) links, so nothing in an answer can run, load or style anything.
+
+import { Marked } from "./vendor/marked/marked.esm.js";
 
 const SESSION_KEY = "bedrock-jobs.session";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const PAGE_SIZE = 20;
+/// The service's MAX_PROMPT_CHARS when config.json does not carry maxPromptChars.
+const DEFAULT_MAX_PROMPT_CHARS = 20_000;
+/// How long the server may hold a long-poll of GET /jobs/{id} (its maximum).
+const WAIT_SECONDS = 20;
+/// Long-polls in flight at once: a browser opens only six HTTP/1.1 connections to a host, and
+/// submitting or refreshing must not queue behind requests the server is holding.
+const MAX_LONG_POLLS = 4;
+/// Pauses between two requests when the server answers at once with nothing new.
+const FIRST_PAUSE_MS = 1000;
+const MAX_PAUSE_MS = 5000;
+const MAX_ERROR_PAUSE_MS = 10_000;
+
+const RESTARTED = "The service was restarted; please sign in again.";
+const RESTARTED_SIGN_UP = "The service was restarted; please create your account again.";
+const SESSION_ENDED = "Your session has ended. Please sign in again.";
 
 const $ = (id) => document.getElementById(id);
 let config;
 let session = null;
-const jobs = new Map(); // job_id → { job, element, watching }
+let purify = null;
+const jobs = new Map(); // job_id → entry (see newEntry)
 let nextCursor = null;
 
 // ---------------------------------------------------------------------------------------
 // Messages for people
 // ---------------------------------------------------------------------------------------
 
+/// Backticks are for developers; a person reads quotes.
+function plain(message) {
+  return String(message).replace(/`([^`]*)`/g, "\"$1\"").replace(/`/g, "");
+}
+
 function notify(message, kind = "error") {
   const notice = $("notice");
-  notice.textContent = message;
+  notice.textContent = plain(message);
   notice.className = kind === "info" ? "notice info" : "notice";
   notice.hidden = false;
 }
 
 function clearNotice() {
   $("notice").hidden = true;
+}
+
+/// The banner above the jobs while the API cannot be reached; the list stays as it was.
+function setUnreachable(unreachable) {
+  $("offline").hidden = !unreachable;
+}
+
+/// Tells screen readers what changed, without making the whole list a live region.
+function announce(message) {
+  $("announcer").textContent = message;
+}
+
+/// "a, b and c"
+function listing(items) {
+  return items.length < 2 ? items.join("") : `${items.slice(0, -1).join(", ")} and ${items.at(-1)}`;
 }
 
 class ServiceError extends Error {
@@ -35,18 +76,122 @@ class ServiceError extends Error {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Cognito's errors as sentences
+// ---------------------------------------------------------------------------------------
+
+/// The user pool's password policy (template.yaml: MinimumLength 12, RequireLowercase,
+/// RequireUppercase, RequireNumbers, RequireSymbols), counted as Cognito counts: ASCII
+/// letters and digits, and its own list of symbols.
+const PASSWORD_RULES = [
+  ["length", "at least 12 characters", (password) => [...password].length >= 12],
+  ["lower", "a lower-case letter", (password) => /[a-z]/.test(password)],
+  ["upper", "an upper-case letter", (password) => /[A-Z]/.test(password)],
+  ["digit", "a digit", (password) => /[0-9]/.test(password)],
+  ["symbol", "a symbol", (password) => /[\^$*.[\]{}()?"!@#%&/\\,><':;|_~`=+-]/.test(password)],
+];
+
+function missingPasswordRules(password) {
+  return PASSWORD_RULES.filter(([, , met]) => !met(password)).map(([, text]) => text);
+}
+
+function passwordSentence(password = "") {
+  const missing = missingPasswordRules(password);
+  return missing.length
+    ? `This password is not strong enough: it needs ${listing(missing)}.`
+    : "This password is not accepted: use at least 12 characters, with upper- and lower-case letters, a digit and a symbol.";
+}
+
+function showPasswordRules(password) {
+  for (const [rule, , met] of PASSWORD_RULES) {
+    const item = document.querySelector(`#password-rules [data-rule="${rule}"]`);
+    const done = met(password);
+    item.dataset.met = String(done);
+    item.querySelector(".rule-state").textContent = done ? "Done: " : "Not yet: ";
+  }
+}
+
+const TOO_MANY_TRIES = "Too many attempts; wait a few minutes and try again.";
 const COGNITO_MESSAGES = {
   NotAuthorizedException: "Wrong e-mail or password.",
   UserNotFoundException: "Wrong e-mail or password.",
   UsernameExistsException: "An account with this e-mail already exists; sign in instead.",
   CodeMismatchException: "That confirmation code is not right; check the e-mail and try again.",
   ExpiredCodeException: "That confirmation code has expired; sign up again to get a new one.",
-  LimitExceededException: "Too many attempts; wait a few minutes and try again.",
-  TooManyRequestsException: "Too many attempts; wait a few minutes and try again.",
+  LimitExceededException: TOO_MANY_TRIES,
+  TooManyRequestsException: TOO_MANY_TRIES,
+  TooManyFailedAttemptsException: TOO_MANY_TRIES,
 };
 
+/// A sentence for one of Cognito's errors: its own messages are written for developers
+/// ("... does not confirm to the configured password policy", "Username should be either an
+/// email or a phone number.") and differ between Cognito and the local emulator, so only
+/// the error type and a few words of the message are read.
+function cognitoSentence(type, message, body) {
+  const about = String(message ?? "").toLowerCase();
+  if (type === "InvalidPasswordException") return passwordSentence(body.Password);
+  if (type === "InvalidParameterException") {
+    if (about.includes("password")) return passwordSentence(body.Password);
+    if (/user ?name|e-?mail/.test(about)) return "Enter your e-mail address, such as name@example.com.";
+    if (about.includes("code")) return "Enter the confirmation code from the e-mail.";
+  }
+  if (type === "NotAuthorizedException" && about.includes("attempts exceeded")) return TOO_MANY_TRIES;
+  // Its message is the unknown client id; explainAuthFailure finds out what happened.
+  if (type === "ResourceNotFoundException") return RESTARTED;
+  if (COGNITO_MESSAGES[type]) return COGNITO_MESSAGES[type];
+  console.warn("The sign-in service refused a call:", type, message);
+  return "The sign-in service could not do that just now; please try again.";
+}
+
 // ---------------------------------------------------------------------------------------
-// Cognito (its JSON API, called directly: no SDK needed for these five calls)
+// Configuration
+// ---------------------------------------------------------------------------------------
+
+async function fetchConfig() {
+  const response = await fetch("config.json", { cache: "no-store" });
+  if (!response.ok) throw new Error(`config.json: ${response.status}`);
+  return response.json();
+}
+
+function applyConfig(next) {
+  config = next;
+  $("local-badge").hidden = !config.local;
+  $("local-code-hint").hidden = !config.local;
+  const chosen = $("model").value || config.defaultModel;
+  const models = config.models?.length ? config.models : [config.defaultModel];
+  $("model").replaceChildren(
+    ...models.filter(Boolean).map((id) => {
+      const option = document.createElement("option");
+      option.value = id;
+      option.textContent = id;
+      option.selected = id === chosen;
+      return option;
+    }),
+  );
+  if (config.maxOutputTokens) $("max-tokens").max = String(config.maxOutputTokens);
+  showPromptCount();
+}
+
+/// Reads config.json again; true when it names another app client than the page knew: the
+/// service was redeployed, or the local stack restarted with new resources.
+async function configChanged() {
+  try {
+    const fresh = await fetchConfig();
+    if (fresh.userPoolClientId === config.userPoolClientId) return false;
+    applyConfig(fresh);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/// The prompt limit the service enforces, if config.json says; else its documented default.
+function maxPromptChars() {
+  return Number.isInteger(config?.maxPromptChars) ? config.maxPromptChars : DEFAULT_MAX_PROMPT_CHARS;
+}
+
+// ---------------------------------------------------------------------------------------
+// Cognito (its JSON API, called directly: no SDK needed for these few calls)
 // ---------------------------------------------------------------------------------------
 
 async function cognito(action, body) {
@@ -66,8 +211,7 @@ async function cognito(action, body) {
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
     const type = String(data.__type || "").split("#").pop();
-    const message = COGNITO_MESSAGES[type] || data.message || `Sign-in failed (${response.status}).`;
-    throw new ServiceError(response.status, type, message);
+    throw new ServiceError(response.status, type, cognitoSentence(type, data.message, body));
   }
   return data;
 }
@@ -80,11 +224,26 @@ function tokenClaims(token) {
 function keepSession(result, email, refreshToken) {
   session = {
     email,
+    // Which app client issued the tokens: after a restart of the local stack it is gone.
+    clientId: config.userPoolClientId,
     accessToken: result.AccessToken,
     refreshToken: result.RefreshToken || refreshToken,
     expiresAt: tokenClaims(result.AccessToken).exp * 1000,
   };
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+}
+
+function storedSession() {
+  try {
+    return JSON.parse(sessionStorage.getItem(SESSION_KEY));
+  } catch {
+    return null;
+  }
+}
+
+function forgetSession() {
+  session = null;
+  sessionStorage.removeItem(SESSION_KEY);
 }
 
 async function signIn(email, password) {
@@ -99,8 +258,18 @@ async function signIn(email, password) {
   keepSession(data.AuthenticationResult, email);
 }
 
-/// A new access token from the refresh token; false when the session cannot go on.
-async function refresh() {
+let refreshing = null;
+
+/// A new access token from the refresh token; false when the session cannot go on. Requests
+/// that find the token stale at the same time share one refresh.
+function refresh() {
+  refreshing ??= renewTokens().finally(() => {
+    refreshing = null;
+  });
+  return refreshing;
+}
+
+async function renewTokens() {
   if (!session?.refreshToken) return false;
   try {
     const data = await cognito("InitiateAuth", {
@@ -116,20 +285,34 @@ async function refresh() {
 }
 
 function endSession(message) {
-  session = null;
-  sessionStorage.removeItem(SESSION_KEY);
-  for (const entry of jobs.values()) entry.watching = false;
+  forgetSession();
+  for (const entry of jobs.values()) unfollow(entry);
   jobs.clear();
   $("jobs").replaceChildren();
+  setUnreachable(false);
   showAuth("sign-in");
   if (message) notify(message, "info");
+}
+
+let losing = null;
+
+/// Ends a session the API no longer accepts, saying why: once, however many requests find
+/// out at the same time.
+function sessionLost() {
+  losing ??= (async () => {
+    const restarted = await configChanged();
+    endSession(restarted ? RESTARTED : SESSION_ENDED);
+  })().finally(() => {
+    losing = null;
+  });
+  return losing;
 }
 
 // ---------------------------------------------------------------------------------------
 // The API
 // ---------------------------------------------------------------------------------------
 
-async function api(method, path, { body, headers = {} } = {}) {
+async function api(method, path, { body, headers = {}, signal } = {}) {
   if (session && session.expiresAt - Date.now() < 60_000) await refresh();
   const send = () =>
     fetch(config.apiUrl.replace(/\/$/, "") + path, {
@@ -140,17 +323,21 @@ async function api(method, path, { body, headers = {} } = {}) {
         ...headers,
       },
       body: body ? JSON.stringify(body) : undefined,
+      signal,
     });
   let response;
   try {
     response = await send();
     if (response.status === 401 && (await refresh())) response = await send();
-  } catch {
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    setUnreachable(true);
     throw new ServiceError(0, "network", "Could not reach the service. Check your connection and try again.");
   }
+  setUnreachable(false);
   if (response.status === 401) {
-    endSession("Your session has ended. Please sign in again.");
-    throw new ServiceError(401, "unauthorized", "Your session has ended. Please sign in again.");
+    await sessionLost();
+    throw new ServiceError(401, "unauthorized", SESSION_ENDED);
   }
   const data = await response.json().catch(() => null);
   if (!response.ok) {
@@ -161,158 +348,502 @@ async function api(method, path, { body, headers = {} } = {}) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Jobs
+// Markdown
 // ---------------------------------------------------------------------------------------
 
-function elapsed(job) {
-  const start = Date.parse(job.created_at);
-  const end = job.completed_at ? Date.parse(job.completed_at) : Date.now();
-  const seconds = Math.max(0, Math.round((end - start) / 1000));
-  return seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
+
+const markdown = new Marked({
+  gfm: true,
+  async: false,
+  // The page's own headings are h1 and h2: an answer's start at h3, so the outline holds.
+  walkTokens(token) {
+    if (token.type === "heading") token.depth = Math.min(token.depth + 2, 6);
+  },
+  renderer: {
+    // Raw HTML in an answer is shown as what it is, text, never parsed.
+    html({ text, block }) {
+      return block ? `<p>${escapeHtml(text)}</p>` : escapeHtml(text);
+    },
+    // An image would load from wherever the model points (and the policy allows data:
+    // images): it becomes a link instead, which DOMPurify keeps only for http(s).
+    image({ href, text }) {
+      return `<a href="${escapeHtml(href)}">${escapeHtml(`Image: ${text || href}`)}</a>`;
+    },
+    // Task lists as characters, not as form controls.
+    checkbox({ checked }) {
+      return checked ? "☑ " : "☐ ";
+    },
+  },
+});
+
+/// What DOMPurify keeps: what Markdown makes, and nothing that can run, load or style.
+const SANITIZE = {
+  ALLOWED_TAGS: [
+    "a", "blockquote", "br", "code", "del", "em", "h3", "h4", "h5", "h6", "hr", "li", "ol", "p",
+    "pre", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
+  ],
+  ALLOWED_ATTR: ["href", "title", "align", "start"],
+  ALLOWED_URI_REGEXP: /^https?:\/\//i,
+  ALLOW_DATA_ATTR: false,
+  RETURN_DOM_FRAGMENT: true,
+};
+
+/// DOMPurify, loaded by index.html as a classic script; null if it did not load, and then
+/// answers are shown as text only.
+function setUpPurifier() {
+  const library = globalThis.DOMPurify;
+  if (!library?.isSupported) return null;
+  library.addHook("afterSanitizeAttributes", (node) => {
+    if (node.nodeName === "A" && node.hasAttribute("href")) {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer");
+    }
+  });
+  return library;
+}
+
+function showMarkdown(container, text) {
+  if (!purify) {
+    container.textContent = text;
+    return;
+  }
+  try {
+    container.replaceChildren(purify.sanitize(markdown.parse(text), SANITIZE));
+  } catch (error) {
+    console.warn("Markdown could not be shown; showing text", error);
+    container.textContent = text;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Times
+// ---------------------------------------------------------------------------------------
+
+function duration(milliseconds) {
+  const seconds = Math.max(0, Math.round(milliseconds / 1000));
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${seconds % 60} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+function ago(iso, now) {
+  const seconds = Math.round((now - Date.parse(iso)) / 1000);
+  if (seconds < 10) return "just now";
+  if (seconds < 60) return `${seconds} s ago`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return `${hours} h ago`;
+  const days = Math.floor(hours / 24);
+  return days === 1 ? "1 day ago" : `${days} days ago`;
+}
+
+const EXACT = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+/// A <time>: relative in the text, exact in its title (shown on hover) and datetime.
+function setTime(element, iso, now) {
+  if (element.dateTime !== iso) {
+    element.dateTime = iso;
+    element.title = EXACT.format(new Date(iso));
+  }
+  setText(element, ago(iso, now));
+}
+
+// ---------------------------------------------------------------------------------------
+// One job
+// ---------------------------------------------------------------------------------------
 
 function field(element, name) {
   return element.querySelector(`[data-field="${name}"]`);
 }
 
-function render(job) {
-  let entry = jobs.get(job.job_id);
-  if (!entry) {
-    const element = $("job-template").content.firstElementChild.cloneNode(true);
-    element.dataset.jobId = job.job_id;
-    entry = { job: {}, element, watching: false };
-    jobs.set(job.job_id, entry);
-    const stop = field(element, "stop");
-    stop.addEventListener("click", async () => {
-      stop.disabled = true;
-      try {
-        render(await api("POST", `/jobs/${encodeURIComponent(job.job_id)}/cancel`));
-      } catch (error) {
-        // 409: it finished meanwhile; show it as it is.
-        if (error.status === 409) await loadDetail(job.job_id);
-        else notify(error.message);
-      } finally {
-        stop.disabled = false;
-      }
-    });
-    const box = field(element, "output-box");
-    box.addEventListener("toggle", () => {
-      if (box.open && entry.job.output === undefined) {
-        field(element, "output").textContent = "Loading…";
-        loadDetail(job.job_id);
-      }
-    });
-  }
-  // A list entry carries no output: keep the one we already have.
-  entry.job = { ...entry.job, ...job };
-  const { element } = entry;
-  const current = entry.job;
+/// Shows a prompt's "Show the whole prompt" button only when the clamp hides part of it.
+const clampWatcher = new ResizeObserver((records) => {
+  for (const { target } of records) updateClampToggle(target);
+});
 
-  const status = field(element, "status");
-  status.textContent = current.status;
-  status.className = `status ${current.status}`;
-  element.dataset.status = current.status;
-  field(element, "stop").hidden = TERMINAL.has(current.status);
-  field(element, "prompt").textContent = current.prompt ?? "";
-  field(element, "prompt").title = current.prompt ?? "";
-  field(element, "model").textContent = current.model ?? "";
-  field(element, "elapsed").textContent = current.created_at ? elapsed(current) : "";
-  field(element, "usage").textContent = current.usage
-    ? `${current.usage.input_tokens} tokens in, ${current.usage.output_tokens} out`
-    : "";
+function updateClampToggle(prompt) {
+  const toggle = prompt.nextElementSibling;
+  const clamped = prompt.classList.contains("clamped");
+  toggle.hidden = clamped && prompt.scrollHeight <= prompt.clientHeight + 1;
+}
 
-  const error = field(element, "error");
-  error.hidden = !current.error;
-  error.textContent = current.error ? `Failed: ${current.error.message}` : "";
-
-  const box = field(element, "output-box");
-  box.hidden = current.status !== "succeeded";
-  if (current.output !== undefined) field(element, "output").textContent = current.output;
+function newEntry(jobId) {
+  const element = $("job-template").content.firstElementChild.cloneNode(true);
+  element.dataset.jobId = jobId;
+  const entry = {
+    job: {},
+    element,
+    follow: null, // the AbortController of the long-poll loop, while there is one
+    submitted: false, // submitted from this page: its output opens by itself
+    opened: false,
+    shownOutput: undefined,
+  };
+  jobs.set(jobId, entry);
+  const prompt = field(element, "prompt");
+  prompt.id = `prompt-${jobId}`;
+  field(element, "prompt-toggle").setAttribute("aria-controls", prompt.id);
+  clampWatcher.observe(prompt);
+  wireJob(entry);
   return entry;
 }
 
-function show(entry, { first }) {
-  const list = $("jobs");
-  if (!entry.element.isConnected) {
-    if (first) list.prepend(entry.element);
-    else list.append(entry.element);
-  }
-  $("jobs-empty").hidden = list.children.length > 0;
-}
-
-async function loadDetail(jobId) {
-  try {
-    render(await api("GET", `/jobs/${encodeURIComponent(jobId)}`));
-  } catch (error) {
-    notify(error.message);
-  }
-}
-
-/// Polls a job until it ends: after 1 s, then backing off to every 10 s.
-async function watch(jobId, { openWhenDone = false } = {}) {
-  const entry = jobs.get(jobId);
-  if (!entry || entry.watching) return;
-  entry.watching = true;
-  let delay = 1000;
-  while (entry.watching && !TERMINAL.has(entry.job.status)) {
-    await new Promise((resolve) => setTimeout(resolve, delay));
-    if (!entry.watching) return;
+function wireJob(entry) {
+  const { element } = entry;
+  const stop = field(element, "stop");
+  stop.addEventListener("click", async () => {
+    stop.disabled = true;
     try {
-      const job = await api("GET", `/jobs/${encodeURIComponent(jobId)}`);
-      render(job);
+      render(await api("POST", `/jobs/${encodeURIComponent(entry.job.job_id)}/cancel`));
     } catch (error) {
-      if (error.status === 401) return;
-      if (error.status === 404) {
-        entry.watching = false;
-        return;
+      // 409: it finished meanwhile; show it as it is.
+      if (error.status === 409) await loadDetail(entry);
+      else if (error.status !== 401) notify(error.message);
+    } finally {
+      stop.disabled = false;
+    }
+  });
+
+  const toggle = field(element, "prompt-toggle");
+  toggle.addEventListener("click", () => {
+    const expand = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", String(expand));
+    toggle.textContent = expand ? "Show less" : "Show the whole prompt";
+    field(element, "prompt").classList.toggle("clamped", !expand);
+  });
+
+  // A list entry carries no output: it is read when someone opens it.
+  const box = field(element, "output-box");
+  box.addEventListener("toggle", () => {
+    if (box.open && entry.job.output === undefined && entry.job.status === "succeeded") {
+      setText(field(element, "markdown"), "Loading…");
+      loadDetail(entry);
+    }
+  });
+
+  const raw = field(element, "raw-toggle");
+  raw.addEventListener("click", () => showRaw(entry, raw.getAttribute("aria-pressed") !== "true"));
+  field(element, "copy").addEventListener("click", () => copyOutput(entry));
+}
+
+function showRaw(entry, raw) {
+  const { element } = entry;
+  field(element, "raw-toggle").setAttribute("aria-pressed", String(raw));
+  field(element, "output").hidden = !raw;
+  field(element, "markdown").hidden = raw;
+}
+
+async function copyOutput(entry) {
+  const status = field(entry.element, "copy-status");
+  try {
+    await navigator.clipboard.writeText(entry.job.output ?? "");
+    status.textContent = "Copied";
+  } catch {
+    // No clipboard (a page not served over HTTPS, or permission refused): the raw text is
+    // the easiest to select by hand.
+    showRaw(entry, true);
+    status.textContent = "Copying is not allowed here; select the text and copy it.";
+  }
+  clearTimeout(entry.copyTimer);
+  entry.copyTimer = setTimeout(() => {
+    status.textContent = "";
+  }, 3000);
+}
+
+/// "retrying: attempt 2 of 3" for an unfinished job whose model call failed (throttled, the
+/// model busy) and that is being tried again. attempts counts model calls started, so a
+/// running job at attempt 1 is simply running; from attempt 2 on, or queued again after an
+/// attempt, it is a retry. M is shown only when config.json says maxAttempts.
+function retryText(job) {
+  const attempts = job.attempts ?? 0;
+  if (TERMINAL.has(job.status)) return "";
+  if (attempts < 2 && !(job.status === "queued" && attempts >= 1)) return "";
+  const limit = Number.isInteger(config.maxAttempts) && config.maxAttempts > 0 ? ` of ${config.maxAttempts}` : "";
+  return `retrying: attempt ${attempts}${limit}`;
+}
+
+function elapsedText(job, now) {
+  if (!job.created_at) return "";
+  const start = Date.parse(job.created_at);
+  if (job.completed_at) return `after ${duration(Date.parse(job.completed_at) - start)}`;
+  if (TERMINAL.has(job.status)) return "";
+  return `${job.status === "running" ? "running for" : "waiting"} ${duration(now - start)}`;
+}
+
+function showTimes(entry, now = Date.now()) {
+  const { job, element } = entry;
+  if (job.created_at) setTime(field(element, "created"), job.created_at, now);
+  field(element, "completed-box").hidden = !job.completed_at;
+  if (job.completed_at) setTime(field(element, "completed"), job.completed_at, now);
+  setText(field(element, "elapsed"), elapsedText(job, now));
+}
+
+function showSettings({ job, element }) {
+  setText(field(element, "model"), job.model ?? "");
+  const maxTokens = field(element, "max-tokens");
+  maxTokens.hidden = job.max_tokens == null;
+  setText(maxTokens, job.max_tokens == null ? "" : `up to ${job.max_tokens} tokens`);
+  const temperature = field(element, "temperature");
+  temperature.hidden = job.temperature == null;
+  setText(temperature, job.temperature == null ? "" : `temperature ${job.temperature}`);
+  field(element, "system-box").hidden = !job.system;
+  setText(field(element, "system"), job.system ?? "");
+}
+
+function showOutput(entry) {
+  const { job, element } = entry;
+  const running = !TERMINAL.has(job.status);
+  const box = field(element, "output-box");
+  box.hidden = !(job.status === "succeeded" || (running && job.output));
+  setText(field(element, "output-title"), running ? "Output so far" : "Output");
+  if (job.output === undefined || job.output === entry.shownOutput) return;
+  entry.shownOutput = job.output;
+  field(element, "output").textContent = job.output;
+  showMarkdown(field(element, "markdown"), job.output);
+  if (entry.submitted && !entry.opened && job.output) {
+    entry.opened = true;
+    box.open = true;
+  }
+}
+
+function render(job) {
+  const entry = jobs.get(job.job_id) ?? newEntry(job.job_id);
+  const before = entry.job.status;
+  // A list entry carries no output, and the service may not repeat the settings a job was
+  // submitted with: keep what we already know.
+  entry.job = { ...entry.job, ...job };
+  const { element, job: current } = entry;
+
+  const status = field(element, "status");
+  setText(status, current.status);
+  status.className = `status ${current.status}`;
+  element.dataset.status = current.status;
+  const retry = field(element, "retry");
+  setText(retry, retryText(current));
+  retry.hidden = !retry.textContent;
+  field(element, "stop").hidden = TERMINAL.has(current.status);
+
+  const prompt = field(element, "prompt");
+  if (prompt.textContent !== (current.prompt ?? "")) {
+    prompt.textContent = current.prompt ?? "";
+    if (prompt.isConnected) updateClampToggle(prompt);
+  }
+  showSettings(entry);
+  showTimes(entry);
+  setText(
+    field(element, "usage"),
+    current.usage ? `${current.usage.input_tokens} tokens in, ${current.usage.output_tokens} out` : "",
+  );
+  const error = field(element, "error");
+  error.hidden = !current.error;
+  setText(error, current.error ? plain(`Failed: ${current.error.message}`) : "");
+  showOutput(entry);
+
+  if (before && before !== current.status) announce(`A job ${current.status}: ${shortPrompt(current)}`);
+  if (TERMINAL.has(current.status)) unfollow(entry);
+  return entry;
+}
+
+function shortPrompt(job) {
+  const text = (job.prompt ?? "").replace(/\s+/g, " ").trim();
+  return text.length > 60 ? `${text.slice(0, 60)}…` : text;
+}
+
+async function loadDetail(entry) {
+  try {
+    render(await api("GET", `/jobs/${encodeURIComponent(entry.job.job_id)}`));
+  } catch (error) {
+    if (error.status !== 401 && error.status !== 0) notify(error.message);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Following unfinished jobs: one long-poll loop each
+// ---------------------------------------------------------------------------------------
+
+let longPolls = 0;
+const waitingForSlot = [];
+
+async function withSlot(task) {
+  while (longPolls >= MAX_LONG_POLLS) await new Promise((resolve) => waitingForSlot.push(resolve));
+  longPolls += 1;
+  try {
+    return await task();
+  } finally {
+    longPolls -= 1;
+    waitingForSlot.shift()?.();
+  }
+}
+
+function sleep(milliseconds, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, milliseconds);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+function follow(entry) {
+  if (entry.follow || TERMINAL.has(entry.job.status)) return;
+  const controller = new AbortController();
+  entry.follow = controller;
+  followJob(entry, controller.signal).finally(() => {
+    if (entry.follow === controller) entry.follow = null;
+  });
+}
+
+function unfollow(entry) {
+  entry.follow?.abort();
+  entry.follow = null;
+}
+
+/// Asks GET /jobs/{id}?wait=20&after=SEQ until the job ends: the server answers as soon as
+/// the job's seq passes SEQ (new output, a new status), or after at most 20 s. A server that
+/// does not hold requests answers at once with the same seq; then the loop pauses, 1 s
+/// growing to 5 s, rather than ask again in a tight loop.
+async function followJob(entry, signal) {
+  const path = `/jobs/${encodeURIComponent(entry.job.job_id)}`;
+  let pause = 0;
+  let quietPause = FIRST_PAUSE_MS;
+  let failures = 0;
+  while (!signal.aborted && !TERMINAL.has(entry.job.status)) {
+    if (pause) await sleep(pause, signal);
+    if (signal.aborted) return;
+    const seen = entry.job.seq;
+    // The first ask learns the seq (POST /generate does not say it), so it does not wait.
+    const query = seen === undefined ? "" : `?wait=${WAIT_SECONDS}&after=${seen}`;
+    const asked = Date.now();
+    let job;
+    try {
+      job = await withSlot(() => api("GET", path + query, { signal }));
+    } catch (error) {
+      if (signal.aborted || error.status === 401 || error.status === 404) return;
+      failures += 1;
+      pause = Math.min(FIRST_PAUSE_MS * 2 ** failures, MAX_ERROR_PAUSE_MS);
+      continue;
+    }
+    failures = 0;
+    render(job);
+    const changed = job.seq !== seen;
+    const held = Date.now() - asked >= (WAIT_SECONDS * 1000) / 2;
+    if (changed || held) {
+      pause = 0;
+      quietPause = FIRST_PAUSE_MS;
+    } else {
+      pause = quietPause;
+      quietPause = Math.min(quietPause * 1.5, MAX_PAUSE_MS);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The list
+// ---------------------------------------------------------------------------------------
+
+function updateEmpty() {
+  $("jobs-empty").hidden = $("jobs").children.length > 0;
+}
+
+function fetchPage(cursor) {
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (cursor) query.set("cursor", cursor);
+  return api("GET", `/jobs?${query}`);
+}
+
+function showPage(page, { first }) {
+  const entries = page.jobs.map((job) => render(job));
+  const elements = entries.map((entry) => entry.element);
+  if (first) {
+    const listed = new Set(page.jobs.map((job) => job.job_id));
+    // Jobs submitted here that the list does not have yet (its index catches up a moment
+    // later when deployed) stay on top.
+    const mine = [...jobs.values()].filter((entry) => entry.submitted && !listed.has(entry.job.job_id));
+    for (const [id, entry] of jobs) {
+      if (!listed.has(id) && !entry.submitted) {
+        unfollow(entry);
+        jobs.delete(id);
       }
     }
-    delay = Math.min(delay * 1.5, 10_000);
+    $("jobs").replaceChildren(...mine.map((entry) => entry.element), ...elements);
+  } else {
+    $("jobs").append(...elements);
   }
-  entry.watching = false;
-  if (openWhenDone && entry.job.status === "succeeded") field(entry.element, "output-box").open = true;
+  for (const entry of entries) follow(entry);
+  nextCursor = page.next_cursor ?? null;
+  $("more").hidden = !nextCursor;
+  updateEmpty();
 }
 
-async function loadJobs({ more = false } = {}) {
-  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-  if (more && nextCursor) query.set("cursor", nextCursor);
+/// The first page again. The list on screen stays until the new one has arrived, so a
+/// failed refresh loses nothing; the banner says the service cannot be reached.
+async function reloadJobs() {
   try {
-    const page = await api("GET", `/jobs?${query}`);
-    for (const job of page.jobs) {
-      const entry = render(job);
-      show(entry, { first: false });
-      if (!TERMINAL.has(job.status)) watch(job.job_id);
-    }
-    nextCursor = page.next_cursor;
-    $("more").hidden = !nextCursor;
-    $("jobs-empty").hidden = $("jobs").children.length > 0;
+    showPage(await fetchPage(), { first: true });
   } catch (error) {
-    if (error.status !== 401) notify(error.message);
+    if (error.status !== 401 && error.status !== 0) notify(error.message);
   }
 }
 
-function reloadJobs() {
-  for (const entry of jobs.values()) entry.watching = false;
-  jobs.clear();
-  $("jobs").replaceChildren();
-  nextCursor = null;
-  return loadJobs();
+async function loadMore() {
+  try {
+    showPage(await fetchPage(nextCursor), { first: false });
+  } catch (error) {
+    if (error.status !== 401 && error.status !== 0) notify(error.message);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Submitting
+// ---------------------------------------------------------------------------------------
+
+function promptLength() {
+  // The service counts characters (code points) of the trimmed prompt.
+  return [...$("prompt").value.trim()].length;
+}
+
+function showPromptCount() {
+  const used = promptLength();
+  const limit = maxPromptChars();
+  const count = $("prompt-count");
+  count.textContent = `${used.toLocaleString("en")} of ${limit.toLocaleString("en")} characters`;
+  count.dataset.over = String(used > limit);
+}
+
+/// The request: blank optional fields are left out, so the service applies its defaults.
+function requestBody(form) {
+  const body = { prompt: form.prompt.value, model: form.model.value };
+  if (form.max_tokens.value.trim() !== "") body.max_tokens = Number(form.max_tokens.value);
+  if (form.temperature.value.trim() !== "") body.temperature = Number(form.temperature.value);
+  if (form.system.value.trim()) body.system = form.system.value;
+  return body;
 }
 
 async function submit(event) {
   event.preventDefault();
   clearNotice();
   const form = event.target;
-  const prompt = form.prompt.value;
-  if (!prompt.trim()) {
+  if (!form.prompt.value.trim()) {
     notify("Write a prompt first.");
     form.prompt.focus();
     return;
   }
-  const body = { prompt, model: form.model.value, max_tokens: Number(form.max_tokens.value) };
-  if (form.temperature.value !== "") body.temperature = Number(form.temperature.value);
-  if (form.system.value.trim()) body.system = form.system.value;
-
+  // Only a limit config.json states is enforced here; the default is the service's to apply.
+  if (Number.isInteger(config.maxPromptChars) && promptLength() > config.maxPromptChars) {
+    notify(`The prompt has ${promptLength().toLocaleString("en")} characters; the limit is ${config.maxPromptChars.toLocaleString("en")}.`);
+    form.prompt.focus();
+    return;
+  }
+  const body = requestBody(form);
   const button = $("submit");
   button.disabled = true;
   try {
@@ -321,10 +852,21 @@ async function submit(event) {
       body,
       headers: { "Idempotency-Key": crypto.randomUUID() },
     });
-    const entry = render({ ...accepted, prompt: prompt.trim(), model: body.model });
-    show(entry, { first: true });
+    const entry = jobs.get(accepted.job_id) ?? newEntry(accepted.job_id);
+    entry.submitted = true;
+    render({
+      ...accepted,
+      prompt: body.prompt.trim(),
+      model: body.model,
+      max_tokens: body.max_tokens,
+      temperature: body.temperature,
+      system: body.system?.trim(),
+    });
+    $("jobs").prepend(entry.element);
+    updateEmpty();
     form.prompt.value = "";
-    watch(accepted.job_id, { openWhenDone: true });
+    showPromptCount();
+    follow(entry);
   } catch (error) {
     if (error.status !== 401) notify(error.message);
   } finally {
@@ -332,11 +874,10 @@ async function submit(event) {
   }
 }
 
-// Elapsed time of the jobs still going.
+// Relative times, and the elapsed time of the jobs still going.
 setInterval(() => {
-  for (const { job, element } of jobs.values()) {
-    if (job.created_at && !TERMINAL.has(job.status)) field(element, "elapsed").textContent = elapsed(job);
-  }
+  const now = Date.now();
+  for (const entry of jobs.values()) showTimes(entry, now);
 }, 1000);
 
 // ---------------------------------------------------------------------------------------
@@ -368,6 +909,7 @@ function showWorkspace() {
   $("workspace").hidden = false;
   $("account").hidden = false;
   $("account-email").textContent = session.email;
+  $("account-email").title = session.email;
   $("prompt").focus();
   reloadJobs();
 }
@@ -375,6 +917,7 @@ function showWorkspace() {
 let pendingEmail = "";
 let pendingPassword = "";
 
+/// A form's submit handler: one call at a time, its failure said in a sentence.
 function withBusyForm(form, action) {
   return async (event) => {
     event.preventDefault();
@@ -384,16 +927,34 @@ function withBusyForm(form, action) {
     try {
       await action();
     } catch (error) {
-      if (error.code === "UserNotConfirmedException") {
-        showAuth("confirm");
-        notify("Confirm your e-mail address first: enter the code we sent you.", "info");
-      } else {
-        notify(error.message);
-      }
+      await explainAuthFailure(form, error);
     } finally {
       button.disabled = false;
     }
   };
+}
+
+async function explainAuthFailure(form, error) {
+  if (error.code === "UserNotConfirmedException") {
+    showAuth("confirm");
+    notify("Confirm your e-mail address first: enter the code we sent you.", "info");
+  } else if (error.code === "ResourceNotFoundException") {
+    // The app client the page knows is gone: the service was restarted (the local stack
+    // makes new resources at every start) or redeployed. config.json names the new one.
+    if (await configChanged()) {
+      forgetSession();
+      if (form.id === "sign-in-form") {
+        notify(RESTARTED, "info");
+      } else {
+        showAuth("sign-up");
+        notify(RESTARTED_SIGN_UP, "info");
+      }
+    } else {
+      notify("The sign-in service does not know this page's app client: its configuration (config.json) is out of date.");
+    }
+  } else {
+    notify(error.message);
+  }
 }
 
 function wire() {
@@ -415,6 +976,8 @@ function wire() {
   }));
 
   const signUpForm = $("sign-up-form");
+  signUpForm.password.addEventListener("input", () => showPasswordRules(signUpForm.password.value));
+  showPasswordRules("");
   signUpForm.addEventListener("submit", withBusyForm(signUpForm, async () => {
     pendingEmail = signUpForm.email.value.trim();
     pendingPassword = signUpForm.password.value;
@@ -426,6 +989,7 @@ function wire() {
     });
     $("confirm-email-text").textContent = pendingEmail;
     signUpForm.reset();
+    showPasswordRules("");
     showAuth("confirm");
   }));
 
@@ -458,43 +1022,33 @@ function wire() {
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) generate.requestSubmit();
   });
+  $("prompt").addEventListener("input", showPromptCount);
   $("refresh").addEventListener("click", () => reloadJobs());
-  $("more").addEventListener("click", () => loadJobs({ more: true }));
+  $("more").addEventListener("click", () => loadMore());
 }
 
 async function start() {
+  purify = setUpPurifier();
   try {
-    const response = await fetch("config.json", { cache: "no-store" });
-    if (!response.ok) throw new Error(String(response.status));
-    config = await response.json();
+    applyConfig(await fetchConfig());
   } catch {
     notify("This page has no configuration (config.json). Deploy with scripts/deploy.sh, or run the local stack.");
     return;
   }
-  $("local-badge").hidden = !config.local;
-  $("local-code-hint").hidden = !config.local;
-  const models = config.models?.length ? config.models : [config.defaultModel];
-  $("model").replaceChildren(
-    ...models.filter(Boolean).map((id) => {
-      const option = document.createElement("option");
-      option.value = id;
-      option.textContent = id;
-      option.selected = id === config.defaultModel;
-      return option;
-    }),
-  );
-  if (config.maxOutputTokens) $("max-tokens").max = String(config.maxOutputTokens);
   wire();
 
-  try {
-    session = JSON.parse(sessionStorage.getItem(SESSION_KEY));
-  } catch {
-    session = null;
+  session = storedSession();
+  if (session?.clientId && session.clientId !== config.userPoolClientId) {
+    // Tokens of an app client config.json no longer names: the service was restarted.
+    forgetSession();
+    showAuth("sign-in");
+    notify(RESTARTED, "info");
+    return;
   }
   if (session && (session.expiresAt - Date.now() > 60_000 || (await refresh()))) {
     showWorkspace();
   } else {
-    session = null;
+    forgetSession();
     showAuth("sign-in");
   }
 }

@@ -110,6 +110,9 @@ struct Options {
     /// With --model openai: the API key, if the server wants one.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     openai_api_key: Option<String>,
+    /// The offline model's pace, in words a second (0: the whole answer at once).
+    #[arg(long, default_value_t = 40.0, value_parser = pace, value_name = "WORDS")]
+    words_per_second: f64,
     /// Fault knob: milliseconds added to every model answer.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     latency_ms: u64,
@@ -148,6 +151,15 @@ fn rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
         _ => Err(format!("{text:?} is not a rate from 0 to 1")),
+    }
+}
+
+fn pace(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(pace) if pace.is_finite() && pace >= 0.0 => Ok(pace),
+        _ => Err(format!(
+            "{text:?} is not a number of words a second (0 or more)"
+        )),
     }
 }
 
@@ -319,7 +331,13 @@ async fn run(options: Options) -> Result<(), Error> {
         authorizer(&options, &aws_url, &pool),
         GatewayConfig {
             web_dir: options.web_dir.clone(),
-            web_config: web_config(&options, &own_origin, &pool, &api_settings),
+            web_config: web_config(
+                &options,
+                &own_origin,
+                &pool,
+                &api_settings,
+                worker_settings.max_attempts,
+            ),
             cognito_endpoint: format!("{aws_url}/"),
             allowed_origin: api_settings.http.origin().to_owned(),
             port,
@@ -392,6 +410,7 @@ async fn start_model_endpoint(
         latency: Duration::from_millis(options.latency_ms),
         throttle_rate: options.throttle_rate,
         error_rate: options.error_rate,
+        words_per_second: options.words_per_second,
     };
     let server = ConverseServer::start_with(([127, 0, 0, 1], 0).into(), backend, knobs).await?;
     let config = aws.to_builder().endpoint_url(server.url()).build();
@@ -401,7 +420,11 @@ async fn start_model_endpoint(
 /// What answers the prompts, and which fault knobs are turned.
 fn model_summary(options: &Options) -> String {
     let provider = match options.model {
-        Provider::Offline => "answers instantly, echoing the prompt".to_owned(),
+        Provider::Offline if options.words_per_second > 0.0 => format!(
+            "echoes the prompt, {} words a second",
+            options.words_per_second
+        ),
+        Provider::Offline => "echoes the prompt, all at once".to_owned(),
         Provider::Openai => format!("{} ({})", options.openai_url, options.openai_model),
         Provider::Bedrock => return format!("Amazon Bedrock in {}", options.region),
     };
@@ -493,7 +516,13 @@ fn authorizer(options: &Options, aws_url: &str, pool: &UserPool) -> JwtAuthorize
 }
 
 /// The web UI's `config.json`, as the deploy script writes it from the stack's outputs.
-fn web_config(options: &Options, origin: &str, pool: &UserPool, api: &api::Settings) -> Value {
+fn web_config(
+    options: &Options,
+    origin: &str,
+    pool: &UserPool,
+    api: &api::Settings,
+    max_attempts: u32,
+) -> Value {
     json!({
         "apiUrl": origin,
         "region": options.region,
@@ -503,6 +532,8 @@ fn web_config(options: &Options, origin: &str, pool: &UserPool, api: &api::Setti
         "models": api.limits.allowed_models,
         "defaultModel": api.limits.default_model,
         "maxOutputTokens": api.limits.max_output_tokens,
+        "maxPromptChars": api.limits.max_prompt_chars,
+        "maxAttempts": max_attempts,
         "local": true,
     })
 }

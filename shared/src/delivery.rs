@@ -131,17 +131,32 @@ impl<S: JobStore, A: ArtifactStore, R: Redelivery> Deliveries<'_, S, A, R> {
     }
 
     /// Fails the job: by the attempt holding `lease`, or (`None`) a job no live lease holds.
-    /// A refusal means someone else decided the job's fate meanwhile: nothing is left to do.
     pub async fn fail(&self, id: JobId, lease: Option<LeaseId>, failure: JobFailure) -> Outcome {
         warn!(code = %failure.code, message = %failure.message, "job failed");
         let fail = Transition::Fail { lease, failure };
         match self.store.transition(id, &fail, Utc::now()).await {
             Ok(Transitioned::Done(job)) => self.tidy(&job).await,
-            Ok(Transitioned::Refused(_)) => Outcome::Acknowledge,
+            Ok(Transitioned::Refused(current)) => self.lost(current).await,
             Err(cause) => {
                 warn!(%cause, "could not record the failure; the job will be retried");
                 Outcome::Retry
             }
+        }
+    }
+
+    /// The attempt's write was refused: someone else decided the job's fate (the owner's
+    /// cancel, another attempt, recovery), or took it over. Nothing is left for this delivery
+    /// to do but, for a finished job, remove what its attempts left behind.
+    pub async fn lost(&self, current: Option<Job>) -> Outcome {
+        info!(
+            status = current
+                .as_ref()
+                .map_or("missing", |job| job.status.as_str()),
+            "the attempt lost the job; message acknowledged"
+        );
+        match current {
+            Some(job) if job.status.is_terminal() => self.tidy(&job).await,
+            _ => Outcome::Acknowledge,
         }
     }
 

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{Artifact, Job, JobId, Owner, Transition, Transitioned, format_timestamp};
 use crate::ports::{
     ArtifactStore, Inserted, JobQueue, JobStore, ModelError, ModelReply, ModelRequest, Page,
-    PageCursor, Redelivery, TextModel, Unavailable,
+    PageCursor, Progress, Redelivery, TextModel, Unavailable,
 };
 
 /// A poisoned lock only means that another test thread panicked; the data is still usable.
@@ -42,6 +42,7 @@ pub enum StoreOp {
     List,
     Start,
     Succeed,
+    Flush,
     Release,
     Fail,
     Cancel,
@@ -54,6 +55,7 @@ impl StoreOp {
         match transition {
             Transition::Start { .. } => Self::Start,
             Transition::Succeed { .. } => Self::Succeed,
+            Transition::Flush { .. } => Self::Flush,
             Transition::Release { .. } => Self::Release,
             Transition::Fail { .. } => Self::Fail,
             Transition::Cancel => Self::Cancel,
@@ -254,8 +256,15 @@ impl ArtifactStore for InMemoryArtifacts {
 /// One scripted model call.
 #[derive(Debug)]
 pub enum Step {
-    /// The call ends with this.
+    /// The call ends with this (an answer's text all at once).
     Reply(Result<ModelReply, ModelError>),
+    /// The call streams `chunks`, `pause` apart, then ends with `end` (an answer's text is
+    /// the chunks).
+    Stream {
+        chunks: Vec<String>,
+        pause: Duration,
+        end: Result<ModelReply, ModelError>,
+    },
     /// The call never ends (a model slower than the invocation allows).
     Hang,
 }
@@ -284,6 +293,20 @@ impl ScriptedModel {
     /// Adds the result of the next unscripted call.
     pub fn push(&self, result: Result<ModelReply, ModelError>) {
         lock(&self.state).script.push_back(Step::Reply(result));
+    }
+
+    /// Adds a call that streams `chunks`, `pause` apart, then ends with `end`.
+    pub fn push_stream(
+        &self,
+        chunks: &[&str],
+        pause: Duration,
+        end: Result<ModelReply, ModelError>,
+    ) {
+        lock(&self.state).script.push_back(Step::Stream {
+            chunks: chunks.iter().map(|chunk| chunk.to_string()).collect(),
+            pause,
+            end,
+        });
     }
 
     /// Adds a call that never ends.
@@ -326,7 +349,11 @@ pub fn model_reply(text: &str) -> ModelReply {
 }
 
 impl TextModel for ScriptedModel {
-    async fn generate(&self, request: &ModelRequest) -> Result<ModelReply, ModelError> {
+    async fn generate(
+        &self,
+        request: &ModelRequest,
+        progress: &Progress,
+    ) -> Result<ModelReply, ModelError> {
         let (step, hook) = {
             let mut state = lock(&self.state);
             state.requests.push(request.clone());
@@ -338,7 +365,22 @@ impl TextModel for ScriptedModel {
             hook(request);
         }
         match step {
-            Step::Reply(result) => result,
+            Step::Reply(result) => {
+                if let Ok(reply) = &result {
+                    progress.push(&reply.text);
+                }
+                result
+            }
+            Step::Stream { chunks, pause, end } => {
+                for chunk in &chunks {
+                    progress.push(chunk);
+                    tokio::time::sleep(pause).await;
+                }
+                end.map(|reply| ModelReply {
+                    text: chunks.concat(),
+                    ..reply
+                })
+            }
             Step::Hang => std::future::pending().await,
         }
     }
@@ -587,15 +629,28 @@ mod tests {
             max_tokens: 1,
             temperature: None,
         };
-        assert_eq!(model.generate(&request).await, Ok(model_reply("one")));
+        let (progress, text) = Progress::channel();
         assert_eq!(
-            model.generate(&request).await,
+            model.generate(&request, &progress).await,
+            Ok(model_reply("one"))
+        );
+        assert_eq!(*text.borrow(), "one", "the answer's text, all at once");
+        assert_eq!(
+            model.generate(&request, &Progress::channel().0).await,
             Err(ModelError::Retryable("slow down".into()))
         );
-        assert_eq!(model.calls(), 2);
+        model.push_stream(&["t", "w", "o"], Duration::ZERO, Ok(model_reply("ignored")));
+        let (progress, text) = Progress::channel();
+        let streamed = model.generate(&request, &progress).await.unwrap();
+        assert_eq!(streamed.text, "two", "a streamed answer is its chunks");
+        assert_eq!(*text.borrow(), "two");
+        assert_eq!(model.calls(), 3);
         assert_eq!(model.unused(), 0);
-        assert_eq!(model.requests(), vec![request.clone(), request]);
-        assert_eq!(*lock(&hooked), 2);
+        assert_eq!(
+            model.requests(),
+            vec![request.clone(), request.clone(), request]
+        );
+        assert_eq!(*lock(&hooked), 3);
     }
 
     #[tokio::test]

@@ -159,10 +159,37 @@ pub enum ModelError {
 }
 
 pub trait TextModel: Send + Sync {
+    /// Generates the answer, putting its text into `progress` as it comes (a model that does
+    /// not stream puts it all at once), and returns it whole with its stop reason and usage.
     fn generate(
         &self,
         request: &ModelRequest,
+        progress: &Progress,
     ) -> impl Future<Output = Result<ModelReply, ModelError>> + Send;
+}
+
+/// The text of a model call so far, as it streams: the model pushes, the worker watches it
+/// and flushes it into the job's record.
+#[derive(Debug)]
+pub struct Progress(tokio::sync::watch::Sender<String>);
+
+impl Progress {
+    /// A new, empty text and the receiver that sees it grow.
+    pub fn channel() -> (Self, tokio::sync::watch::Receiver<String>) {
+        let (sender, receiver) = tokio::sync::watch::channel(String::new());
+        (Self(sender), receiver)
+    }
+
+    pub fn push(&self, delta: &str) {
+        if !delta.is_empty() {
+            self.0.send_modify(|text| text.push_str(delta));
+        }
+    }
+
+    /// The text so far.
+    pub fn text(&self) -> String {
+        self.0.borrow().clone()
+    }
 }
 
 /// Asks the identity provider whether an access token is still valid (not signed out).

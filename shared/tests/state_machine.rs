@@ -175,7 +175,7 @@ fn a_taken_over_attempt_can_no_longer_write() {
 }
 
 /// Whatever the job and the transition, a change applied is a move the state machine allows,
-/// and it ends any lease but the one a start takes.
+/// and it ends any lease but the one a start takes (a flush keeps its own).
 #[test]
 fn every_applied_transition_is_an_allowed_move() {
     let live = Lease::new(at() + Duration::seconds(60));
@@ -204,6 +204,10 @@ fn every_applied_transition_is_an_allowed_move() {
             unchanged_since: at(),
             max_attempts: 3,
         },
+        Transition::Flush {
+            lease: live.id.clone(),
+            output: "so far".into(),
+        },
     ];
     let mut applied = 0;
     for job in &jobs {
@@ -219,6 +223,7 @@ fn every_applied_transition_is_an_allowed_move() {
             assert_eq!(next.seq, job.seq + 1, "{what}");
             let lease = match transition {
                 Transition::Start { lease, .. } => Some(lease),
+                Transition::Flush { .. } => job.lease.as_ref(),
                 _ => None,
             };
             assert_eq!(next.lease.as_ref(), lease, "{what}");

@@ -41,6 +41,8 @@ pub const OTHER_MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
 pub const ORIGIN: &str = "https://app.example";
 pub const MAX_PROMPT_CHARS: usize = 1_000;
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Flushes of streamed text into the job, at most this often (ms).
+pub const STREAM_FLUSH_MS: u64 = 50;
 
 pub type JobWorker = Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel, SqsJobQueue>;
 pub type JobRecovery = Recovery<DynamoJobStore, S3ArtifactStore, SqsJobQueue, SqsJobQueue>;
@@ -190,6 +192,7 @@ impl Stack {
             write_reserve: Duration::from_millis(500),
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(4),
+            stream_flush: Duration::from_millis(STREAM_FLUSH_MS),
         }
     }
 

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use integration_tests::*;
 use pipeline::adapters::{DynamoJobStore, S3ArtifactStore, SqsJobQueue};
 use pipeline::domain::{GenerateRequest, Job, JobId, JobStatus, Owner, Usage};
-use pipeline::ports::{JobStore, ModelError, ModelReply, ModelRequest, TextModel};
+use pipeline::ports::{JobStore, ModelError, ModelReply, ModelRequest, Progress, TextModel};
 use tokio::sync::watch;
 use worker::Worker;
 
@@ -64,8 +64,9 @@ fn draw(seed: u64, parts: impl Hash) -> fastrand::Rng {
     fastrand::Rng::with_seed(hasher.finish())
 }
 
-/// A model that throttles (15 %), fails (5 %), refuses (2 %) and takes up to 150 ms, by a
-/// seeded draw per job and call; it counts each job's calls and those cut off by a kill.
+/// A model that streams its answer, and throttles (15 %), fails (5 %) or refuses (2 %), at the
+/// start or mid-stream, by a seeded draw per job and call; it counts each job's calls and
+/// those cut off by a kill.
 #[derive(Clone)]
 struct ChaosModel {
     seed: u64,
@@ -103,7 +104,12 @@ impl Drop for Unfinished<'_> {
 }
 
 impl TextModel for ChaosModel {
-    async fn generate(&self, request: &ModelRequest) -> Result<ModelReply, ModelError> {
+    /// Streams the answer in three chunks; a throttle or failure may come after some of them.
+    async fn generate(
+        &self,
+        request: &ModelRequest,
+        progress: &Progress,
+    ) -> Result<ModelReply, ModelError> {
         let call = {
             let mut log = self.log.lock().unwrap();
             let calls = log.calls.entry(request.prompt.clone()).or_default();
@@ -116,8 +122,14 @@ impl TextModel for ChaosModel {
             ended: false,
         };
         let mut rng = draw(self.seed, (&request.prompt, call));
-        tokio::time::sleep(Duration::from_millis(rng.u64(0..150))).await;
         let fate = rng.f64();
+        let answer = answer_to(&request.prompt);
+        let chunks = [&answer[..5], &answer[5..12], &answer[12..]];
+        let streamed = if fate < 0.22 { rng.usize(0..3) } else { 3 };
+        for chunk in &chunks[..streamed] {
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..50))).await;
+            progress.push(chunk);
+        }
         guard.ended = true;
         let mut log = self.log.lock().unwrap();
         if fate < 0.15 {
@@ -133,7 +145,7 @@ impl TextModel for ChaosModel {
             Err(ModelError::Permanent("ValidationException: no".into()))
         } else {
             Ok(ModelReply {
-                text: answer_to(&request.prompt),
+                text: answer,
                 stop_reason: "end_turn".into(),
                 usage: Usage {
                     input_tokens: request.prompt.len() as u64,

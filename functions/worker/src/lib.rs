@@ -18,7 +18,7 @@ use pipeline::domain::{
     Transition, Transitioned,
 };
 use pipeline::ports::{
-    ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, Redelivery, TextModel,
+    ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, Progress, Redelivery, TextModel,
 };
 use tracing::{info, warn};
 
@@ -41,6 +41,8 @@ pub struct Settings {
     /// The first retry's delay; each further one doubles it, up to `retry_cap`, with jitter.
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// The least time between two flushes of a streaming answer into the job.
+    pub stream_flush: Duration,
 }
 
 impl Config {
@@ -55,14 +57,15 @@ impl Config {
 }
 
 impl Settings {
-    /// `MAX_ATTEMPTS`, `RETRY_BASE_SECONDS`, `RETRY_MAX_SECONDS`; the local stack reads them
-    /// the same way.
+    /// `MAX_ATTEMPTS`, `RETRY_BASE_SECONDS`, `RETRY_MAX_SECONDS`, `STREAM_FLUSH_MS`; the local
+    /// stack reads them the same way.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             max_attempts: env.positive("MAX_ATTEMPTS", 3)?,
             write_reserve: Duration::from_secs(5),
             retry_base: Duration::from_secs(env.positive("RETRY_BASE_SECONDS", 2)?),
             retry_cap: Duration::from_secs(env.positive("RETRY_MAX_SECONDS", 60)?),
+            stream_flush: Duration::from_millis(env.positive("STREAM_FLUSH_MS", 250)?),
         })
     }
 }
@@ -163,7 +166,15 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         );
 
         let started = Instant::now();
-        let reply = self.generate(&job, delivery.deadline).await;
+        let (progress, text) = Progress::channel();
+        let reply = tokio::select! {
+            reply = self.generate(&job, delivery.deadline, &progress) => reply,
+            current = self.flush_while_streaming(job.id, &lease.id, text) => {
+                // Dropping the call stops its stream: nothing of this attempt is written
+                // any more, and the job keeps its last flush.
+                return self.deliveries().lost(current).await;
+            }
+        };
         let latency = started.elapsed();
         match reply {
             Ok(reply) => {
@@ -192,10 +203,42 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         }
     }
 
+    /// Writes the text so far into the job whenever it has grown, at most once per
+    /// `stream_flush`, each write conditional on the lease. Returns only when a flush is
+    /// refused: the attempt lost the job (`None`: the job is gone).
+    async fn flush_while_streaming(
+        &self,
+        job_id: JobId,
+        lease: &LeaseId,
+        mut text: tokio::sync::watch::Receiver<String>,
+    ) -> Option<Job> {
+        let mut last_flush: Option<Instant> = None;
+        loop {
+            if text.changed().await.is_err() {
+                // The call is over; the caller is about to drop this.
+                std::future::pending::<()>().await;
+            }
+            if let Some(last) = last_flush {
+                tokio::time::sleep_until((last + self.settings.stream_flush).into()).await;
+            }
+            last_flush = Some(Instant::now());
+            let flush = Transition::Flush {
+                lease: lease.clone(),
+                output: text.borrow_and_update().clone(),
+            };
+            match self.store.transition(job_id, &flush, Utc::now()).await {
+                Ok(Transitioned::Done(_)) => {}
+                Ok(Transitioned::Refused(current)) => return current,
+                Err(cause) => warn!(%cause, "could not flush the text so far; the next flush will"),
+            }
+        }
+    }
+
     async fn generate(
         &self,
         job: &Job,
         deadline: Option<DateTime<Utc>>,
+        progress: &Progress,
     ) -> Result<ModelReply, ModelError> {
         let request = &job.request;
         let request = ModelRequest {
@@ -205,7 +248,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
             max_tokens: request.max_tokens,
             temperature: request.temperature,
         };
-        let call = self.model.generate(&request);
+        let call = self.model.generate(&request, progress);
         let Some(deadline) = deadline else {
             return call.await;
         };
@@ -263,15 +306,16 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                 );
                 self.deliveries().tidy(&succeeded).await
             }
+            Ok(Transitioned::Refused(Some(finished))) if finished.status.is_terminal() => {
+                // Its leftovers include this attempt's artifact.
+                self.deliveries().lost(Some(finished)).await
+            }
             Ok(Transitioned::Refused(current)) => {
-                info!(
-                    status = current.map(|job| job.status.as_str()).unwrap_or("missing"),
-                    "the attempt lost the job (cancelled, or taken over); its artifact is removed"
-                );
+                info!("another attempt took the job over; this attempt's artifact is removed");
                 if let Err(cause) = self.artifacts.delete(&key).await {
                     warn!(%cause, key, "could not remove the losing attempt's artifact");
                 }
-                Outcome::Acknowledge
+                self.deliveries().lost(current).await
             }
             Err(cause) => {
                 warn!(%cause, "could not record the success; the job will be retried");
@@ -294,10 +338,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         };
         match self.store.transition(job.id, &release, Utc::now()).await {
             Ok(Transitioned::Done(_)) => {}
-            Ok(Transitioned::Refused(_)) => {
-                info!("the job was cancelled or taken over meanwhile; message acknowledged");
-                return Outcome::Acknowledge;
-            }
+            Ok(Transitioned::Refused(current)) => return self.deliveries().lost(current).await,
             Err(error) => {
                 warn!(%error, "could not release the job; it is retried once its lease ends");
                 return Outcome::Retry;

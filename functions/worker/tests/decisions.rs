@@ -23,6 +23,7 @@ use worker::{Settings, Worker};
 
 const BASE: Duration = Duration::from_millis(100);
 const CAP: Duration = Duration::from_millis(400);
+const STREAM_FLUSH_MS: u64 = 20;
 const ANSWER: &str = "Hi there.";
 const REFUSAL: &str = "The provided model identifier is invalid.";
 const THROTTLED: &str = "Too many requests";
@@ -33,6 +34,7 @@ fn settings(max_attempts: u32) -> Settings {
         write_reserve: Duration::from_secs(1),
         retry_base: BASE,
         retry_cap: CAP,
+        stream_flush: Duration::from_millis(STREAM_FLUSH_MS),
     }
 }
 

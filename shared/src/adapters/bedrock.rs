@@ -2,15 +2,16 @@ use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_bedrockruntime::operation::converse::ConverseError;
+use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamError;
+use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ConversationRole, ConverseOutput, InferenceConfiguration, Message,
-    SystemContentBlock,
+    ContentBlock, ContentBlockDelta, ConversationRole, ConverseStreamOutput,
+    InferenceConfiguration, Message, SystemContentBlock,
 };
 
 use super::describe;
 use crate::domain::Usage;
-use crate::ports::{ModelError, ModelReply, ModelRequest, TextModel};
+use crate::ports::{ModelError, ModelReply, ModelRequest, Progress, TextModel};
 
 /// Any Bedrock text model, through the Converse API.
 #[derive(Clone, Debug)]
@@ -32,7 +33,13 @@ impl BedrockTextModel {
 }
 
 impl TextModel for BedrockTextModel {
-    async fn generate(&self, request: &ModelRequest) -> Result<ModelReply, ModelError> {
+    /// One `ConverseStream` call: each text delta goes to `progress` as it arrives; the
+    /// stream's end brings the stop reason and the usage.
+    async fn generate(
+        &self,
+        request: &ModelRequest,
+        progress: &Progress,
+    ) -> Result<ModelReply, ModelError> {
         let message = Message::builder()
             .role(ConversationRole::User)
             .content(ContentBlock::Text(request.prompt.clone()))
@@ -42,9 +49,9 @@ impl TextModel for BedrockTextModel {
             .max_tokens(i32::try_from(request.max_tokens).unwrap_or(i32::MAX))
             .set_temperature(request.temperature)
             .build();
-        let output = self
+        let mut output = self
             .client
-            .converse()
+            .converse_stream()
             .model_id(&request.model)
             .messages(message)
             .set_system(
@@ -56,57 +63,131 @@ impl TextModel for BedrockTextModel {
             .inference_config(inference)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|error| classify(error, call_error_kind))?;
 
-        let text = match output.output() {
-            Some(ConverseOutput::Message(message)) => message
-                .content()
-                .iter()
-                .filter_map(|block| block.as_text().ok())
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(""),
-            _ => String::new(),
-        };
-        let usage = output.usage().map_or_else(Usage::default, |usage| Usage {
-            input_tokens: usage.input_tokens().max(0) as u64,
-            output_tokens: usage.output_tokens().max(0) as u64,
-        });
+        let mut stop_reason = None;
+        let mut usage = Usage::default();
+        loop {
+            let event = output
+                .stream
+                .recv()
+                .await
+                .map_err(|error| classify(error, stream_error_kind))?;
+            match event {
+                Some(ConverseStreamOutput::ContentBlockDelta(event)) => {
+                    if let Some(ContentBlockDelta::Text(text)) = event.delta() {
+                        progress.push(text);
+                    }
+                }
+                Some(ConverseStreamOutput::MessageStop(event)) => {
+                    stop_reason = Some(event.stop_reason().as_str().to_owned());
+                }
+                Some(ConverseStreamOutput::Metadata(event)) => {
+                    if let Some(reported) = event.usage() {
+                        usage = Usage {
+                            input_tokens: reported.input_tokens().max(0) as u64,
+                            output_tokens: reported.output_tokens().max(0) as u64,
+                        };
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        // A stream that ends without its messageStop was cut off: try again.
+        let stop_reason = stop_reason.ok_or_else(|| {
+            ModelError::Retryable("the model's stream ended before its last message".into())
+        })?;
         Ok(ModelReply {
-            text,
-            stop_reason: output.stop_reason().as_str().to_owned(),
+            text: progress.text(),
+            stop_reason,
             usage,
         })
     }
 }
 
-/// Throttling, server errors and lost connections may pass; a refused request never will.
-fn classify(error: SdkError<ConverseError>) -> ModelError {
-    let SdkError::ServiceError(service) = &error else {
+/// Whether an error of the call or of its stream may pass if tried again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Retryable,
+    Permanent,
+    /// Not modelled: decided by the HTTP status.
+    Other,
+}
+
+fn call_error_kind(error: &ConverseStreamError) -> Kind {
+    match error {
+        ConverseStreamError::ThrottlingException(_)
+        | ConverseStreamError::ServiceUnavailableException(_)
+        | ConverseStreamError::InternalServerException(_)
+        | ConverseStreamError::ModelNotReadyException(_)
+        | ConverseStreamError::ModelTimeoutException(_)
+        | ConverseStreamError::ModelStreamErrorException(_) => Kind::Retryable,
+        ConverseStreamError::ValidationException(_)
+        | ConverseStreamError::AccessDeniedException(_)
+        | ConverseStreamError::ResourceNotFoundException(_)
+        | ConverseStreamError::ModelErrorException(_) => Kind::Permanent,
+        _ => Kind::Other,
+    }
+}
+
+fn stream_error_kind(error: &ConverseStreamOutputError) -> Kind {
+    match error {
+        ConverseStreamOutputError::ThrottlingException(_)
+        | ConverseStreamOutputError::ServiceUnavailableException(_)
+        | ConverseStreamOutputError::InternalServerException(_)
+        | ConverseStreamOutputError::ModelStreamErrorException(_) => Kind::Retryable,
+        ConverseStreamOutputError::ValidationException(_) => Kind::Permanent,
+        _ => Kind::Other,
+    }
+}
+
+/// Throttling, server errors, broken streams and lost connections may pass; a refused request
+/// never will.
+fn classify<E, R>(error: SdkError<E, R>, kind: fn(&E) -> Kind) -> ModelError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: HttpStatus + std::fmt::Debug + 'static,
+{
+    let status = match &error {
+        SdkError::ServiceError(context) => context.raw().http_status(),
+        _ => None,
+    };
+    let Some(service) = error.as_service_error() else {
         // Timeouts, connection failures, unreadable responses.
         return ModelError::Retryable(describe(&error));
     };
     let message = service
-        .err()
         .message()
         .map_or_else(|| describe(&error), str::to_owned);
-    match service.err() {
-        ConverseError::ThrottlingException(_)
-        | ConverseError::ServiceUnavailableException(_)
-        | ConverseError::InternalServerException(_)
-        | ConverseError::ModelNotReadyException(_)
-        | ConverseError::ModelTimeoutException(_) => ModelError::Retryable(message),
-        ConverseError::ValidationException(_)
-        | ConverseError::AccessDeniedException(_)
-        | ConverseError::ResourceNotFoundException(_)
-        | ConverseError::ModelErrorException(_) => ModelError::Permanent(message),
-        _ => {
-            let status = service.raw().status().as_u16();
-            if status == 429 || status >= 500 {
-                ModelError::Retryable(message)
-            } else {
-                ModelError::Permanent(message)
-            }
-        }
+    let retryable = match kind(service) {
+        Kind::Retryable => true,
+        Kind::Permanent => false,
+        // An unmodelled exception inside the stream has no status of its own: the stream
+        // broke, which may pass.
+        Kind::Other => status.is_none_or(|status| status == 429 || status >= 500),
+    };
+    if retryable {
+        ModelError::Retryable(message)
+    } else {
+        ModelError::Permanent(message)
+    }
+}
+
+/// The HTTP status of what carried an error: the response to the call, or none for a
+/// message inside the stream.
+trait HttpStatus {
+    fn http_status(&self) -> Option<u16>;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn http_status(&self) -> Option<u16> {
+        Some(self.status().as_u16())
+    }
+}
+
+impl HttpStatus for aws_smithy_types::event_stream::RawMessage {
+    fn http_status(&self) -> Option<u16> {
+        None
     }
 }

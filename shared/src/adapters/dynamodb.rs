@@ -214,7 +214,11 @@ impl Update {
                 sets.push(("lease_id", s(lease.id.as_str())));
                 sets.push(("lease_expires_at", n(lease.expires_at.timestamp_millis())));
                 adds.push(("attempts", n(1)));
-                removes.clear();
+                removes = vec!["output"]; // a new attempt starts empty
+            }
+            Transition::Flush { output, .. } => {
+                sets.push(("output", s(output)));
+                removes.clear(); // the attempt keeps its lease
             }
             Transition::Succeed { completion, .. } => sets.extend([
                 ("output", s(&completion.output)),
@@ -391,6 +395,7 @@ fn job_to_item(job: &Job) -> Item {
     );
     // New jobs carry no outcome and no lease; the rest is written through `transition`.
     debug_assert!(job.completion.is_none() && job.failure.is_none() && job.lease.is_none());
+    debug_assert!(job.partial_output.is_none());
     item
 }
 
@@ -429,6 +434,11 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         }),
         _ => None,
     };
+    // `output` is the final text of a succeeded job, else the last flush of its attempt.
+    let partial_output = record
+        .text("output")
+        .filter(|_| status != JobStatus::Succeeded)
+        .map(str::to_owned);
     let failure = record.text("error_code").map(|code| JobFailure {
         code: code.to_owned(),
         message: record.text("error_message").unwrap_or_default().to_owned(),
@@ -475,6 +485,7 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
             }),
             _ => None,
         },
+        partial_output,
         completion,
         failure,
         idempotency_key: record

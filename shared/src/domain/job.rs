@@ -244,6 +244,9 @@ pub enum Transition {
         lease: LeaseId,
         completion: Completion,
     },
+    /// The attempt holding the lease records the text generated so far (a flush of its
+    /// stream): the job stays `running` under the same lease.
+    Flush { lease: LeaseId, output: String },
     /// The attempt holding the lease gives the job back for a later attempt (a retryable
     /// failure): it stays `running`, with no lease.
     Release { lease: LeaseId },
@@ -307,7 +310,9 @@ impl Transition {
     /// The status the job gets (`None`: it keeps its own).
     pub fn target(&self) -> Option<JobStatus> {
         match self {
-            Self::Start { .. } | Self::Release { .. } => Some(JobStatus::Running),
+            Self::Start { .. } | Self::Flush { .. } | Self::Release { .. } => {
+                Some(JobStatus::Running)
+            }
             Self::Succeed { .. } => Some(JobStatus::Succeeded),
             Self::Fail { .. } => Some(JobStatus::Failed),
             Self::Cancel => Some(JobStatus::Cancelled),
@@ -321,6 +326,7 @@ impl Transition {
             Self::Start { max_attempts, .. } => Guard::Startable(at, *max_attempts),
             Self::Fail { lease: None, .. } => Guard::Free(at),
             Self::Succeed { lease, .. }
+            | Self::Flush { lease, .. }
             | Self::Release { lease }
             | Self::Fail {
                 lease: Some(lease), ..
@@ -361,6 +367,9 @@ pub struct Job {
     pub attempts: u32,
     /// While `running`: the attempt that holds the job, if one does.
     pub lease: Option<Lease>,
+    /// The text the current attempt has generated so far (its last flush); an unfinished
+    /// job's progress, which a cancelled or failed job keeps. A new attempt starts empty.
+    pub partial_output: Option<String>,
     pub completion: Option<Completion>,
     pub failure: Option<JobFailure>,
     pub idempotency_key: Option<IdempotencyKey>,
@@ -391,6 +400,7 @@ impl Job {
             seq: 0,
             attempts: 0,
             lease: None,
+            partial_output: None,
             completion: None,
             failure: None,
             idempotency_key,
@@ -433,7 +443,9 @@ impl Job {
         next.status = transition.target().unwrap_or(self.status);
         next.updated_at = at;
         next.seq += 1;
-        next.lease = None;
+        if !matches!(transition, Transition::Flush { .. }) {
+            next.lease = None;
+        }
         if next.status.is_terminal() {
             next.completed_at = Some(at);
         }
@@ -441,8 +453,13 @@ impl Job {
             Transition::Start { lease, .. } => {
                 next.lease = Some(lease.clone());
                 next.attempts += 1;
+                next.partial_output = None;
             }
-            Transition::Succeed { completion, .. } => next.completion = Some(completion.clone()),
+            Transition::Flush { output, .. } => next.partial_output = Some(output.clone()),
+            Transition::Succeed { completion, .. } => {
+                next.completion = Some(completion.clone());
+                next.partial_output = None;
+            }
             Transition::Fail { failure, .. } => next.failure = Some(failure.clone()),
             Transition::Release { .. } | Transition::Cancel | Transition::Requeue { .. } => {}
         }
@@ -580,19 +597,88 @@ mod tests {
             max_attempts,
         };
         #[rustfmt::skip]
-        let cases: [(&str, Transition, [bool; 7]); 12] = [
+        let flush = |lease: &LeaseId| Transition::Flush {
+            lease: lease.clone(),
+            output: "so far".into(),
+        };
+        let cases: [(&str, Transition, [bool; 7]); 14] = [
             //                                             queued live  expired released succ   failed cancelled
-            ("start B", start(2), [true, false, true, true, false, false, false]),
+            (
+                "start B",
+                start(2),
+                [true, false, true, true, false, false, false],
+            ),
             ("start B after the last call", start(1), [false; 7]),
-            ("succeed A", Transition::Succeed { lease: a.clone(), completion }, [false, true, true, false, false, false, false]),
-            ("release A", Transition::Release { lease: a.clone() }, [false, true, true, false, false, false, false]),
-            ("fail A", Transition::Fail { lease: Some(a.clone()), failure: failure.clone() }, [false, true, true, false, false, false, false]),
-            ("fail unheld", Transition::Fail { lease: None, failure: failure.clone() }, [true, false, true, true, false, false, false]),
-            ("cancel", Transition::Cancel, [true, true, true, true, false, false, false]),
-            ("succeed B", Transition::Succeed { lease: lease_b.id.clone(), completion: Completion { output: String::new(), stop_reason: String::new(), usage: Usage::default(), artifact_key: String::new() } }, [false; 7]),
-            ("release B", Transition::Release { lease: lease_b.id.clone() }, [false; 7]),
-            ("requeue if unchanged for 50 s", requeue(50, 2), [true, false, true, true, false, false, false]),
-            ("requeue if unchanged for 200 s", requeue(200, 2), [false; 7]),
+            (
+                "succeed A",
+                Transition::Succeed {
+                    lease: a.clone(),
+                    completion,
+                },
+                [false, true, true, false, false, false, false],
+            ),
+            (
+                "release A",
+                Transition::Release { lease: a.clone() },
+                [false, true, true, false, false, false, false],
+            ),
+            (
+                "flush A",
+                flush(&a),
+                [false, true, true, false, false, false, false],
+            ),
+            ("flush B", flush(&lease_b.id), [false; 7]),
+            (
+                "fail A",
+                Transition::Fail {
+                    lease: Some(a.clone()),
+                    failure: failure.clone(),
+                },
+                [false, true, true, false, false, false, false],
+            ),
+            (
+                "fail unheld",
+                Transition::Fail {
+                    lease: None,
+                    failure: failure.clone(),
+                },
+                [true, false, true, true, false, false, false],
+            ),
+            (
+                "cancel",
+                Transition::Cancel,
+                [true, true, true, true, false, false, false],
+            ),
+            (
+                "succeed B",
+                Transition::Succeed {
+                    lease: lease_b.id.clone(),
+                    completion: Completion {
+                        output: String::new(),
+                        stop_reason: String::new(),
+                        usage: Usage::default(),
+                        artifact_key: String::new(),
+                    },
+                },
+                [false; 7],
+            ),
+            (
+                "release B",
+                Transition::Release {
+                    lease: lease_b.id.clone(),
+                },
+                [false; 7],
+            ),
+            (
+                "requeue if unchanged for 50 s",
+                requeue(50, 2),
+                [true, false, true, true, false, false, false],
+            ),
+            (
+                "requeue if unchanged for 200 s",
+                requeue(200, 2),
+                [false; 7],
+            ),
             ("requeue after the last call", requeue(50, 1), [false; 7]),
         ];
         for (name, transition, admitted) in cases {
@@ -609,6 +695,12 @@ mod tests {
                     Transition::Start { lease, .. } => {
                         assert_eq!(next.lease.as_ref(), Some(lease));
                         assert_eq!(next.attempts, job.attempts + 1, "a model call counted");
+                        assert_eq!(next.partial_output, None, "a new attempt starts empty");
+                    }
+                    Transition::Flush { output, .. } => {
+                        assert_eq!(next.lease, job.lease, "{name} keeps the lease");
+                        assert_eq!(next.partial_output.as_ref(), Some(output));
+                        assert_eq!(next.attempts, job.attempts);
                     }
                     _ => {
                         assert_eq!(next.lease, None, "{name} ends the lease");

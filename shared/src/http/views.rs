@@ -44,6 +44,11 @@ pub struct JobView {
     pub status: &'static str,
     pub model: String,
     pub prompt: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    pub max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,6 +91,9 @@ impl JobView {
             status: job.status.as_str(),
             model: job.request.model.clone(),
             prompt: job.request.prompt.clone(),
+            system: job.request.system.clone(),
+            max_tokens: job.request.max_tokens,
+            temperature: job.request.temperature,
             created_at: format_timestamp(job.created_at),
             updated_at: format_timestamp(job.updated_at),
             completed_at: job
@@ -94,7 +102,10 @@ impl JobView {
                 .map(format_timestamp),
             seq: job.seq,
             attempts: job.attempts,
-            output: completion.map(|c| c.output.clone()),
+            // While running: the text so far; a cancelled or failed job keeps it.
+            output: completion
+                .map(|c| c.output.clone())
+                .or_else(|| job.partial_output.clone()),
             usage: completion.map(|c| c.usage),
             artifact: completion.map(|c| ArtifactLocation {
                 bucket: artifacts_bucket.to_owned(),

@@ -1,5 +1,7 @@
-//! The local model endpoint's OpenAI-compatible provider: Converse requests in, chat
-//! completions out, through the worker's unchanged Bedrock client.
+//! The local model endpoint through the worker's unchanged Bedrock client (`converse_stream`,
+//! event-stream framing): the offline model's words as they are written, a throttle
+//! mid-stream, and the OpenAI-compatible provider (Converse requests in, streamed chat
+//! completions out).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,17 +9,20 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::post;
+use futures::StreamExt;
 use integration_tests::*;
+use local::converse::Fault;
 use local::converse::{Backend, ConverseServer, Knobs, OpenAiBackend};
 use pipeline::adapters::BedrockTextModel;
-use pipeline::ports::{ModelError, ModelRequest, TextModel};
+use pipeline::ports::{ModelError, ModelRequest, Progress, TextModel};
 use serde_json::{Value, json};
 
 type Seen = Arc<Mutex<Vec<Value>>>;
 
-/// An OpenAI-compatible server that answers "ok" (or fails with `status`) and keeps what it
-/// was sent.
+/// An OpenAI-compatible server that streams its answer as server-sent events, 50 ms apart
+/// (or fails with `status`), and keeps what it was sent.
 async fn chat_server(status: StatusCode) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let app = axum::Router::new()
@@ -25,12 +30,24 @@ async fn chat_server(status: StatusCode) -> (String, Seen) {
             "/v1/chat/completions",
             post(|State((seen, status)): State<(Seen, StatusCode)>, Json(body): Json<Value>| async move {
                 seen.lock().unwrap().push(body);
-                let answer = json!({
-                    "choices": [{"message": {"role": "assistant", "content": "Queues wait.\nMessages flow."},
-                                 "finish_reason": "length"}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+                if status != StatusCode::OK {
+                    return (status, "no").into_response();
+                }
+                let events = [
+                    json!({"choices": [{"delta": {"role": "assistant", "content": "Queues "}, "finish_reason": null}]}),
+                    json!({"choices": [{"delta": {"content": "wait.\nMessages"}, "finish_reason": null}]}),
+                    json!({"choices": [{"delta": {"content": " flow."}, "finish_reason": "length"}]}),
+                    json!({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}}),
+                ]
+                .map(|event| format!("data: {event}\n\n"))
+                .into_iter()
+                .chain(["data: [DONE]\n\n".to_owned()]);
+                let paced = futures::stream::iter(events).then(|event| async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(event)
                 });
-                (status, Json(answer))
+                ([("content-type", "text/event-stream")], axum::body::Body::from_stream(paced))
+                    .into_response()
             }),
         )
         .with_state((seen.clone(), status));
@@ -69,15 +86,33 @@ async fn converse_requests_become_chat_completions_and_back() {
     let (url, seen) = chat_server(StatusCode::OK).await;
     let (_server, model) = model_for(url).await;
 
-    let reply = model.generate(&request(OTHER_MODEL)).await.unwrap();
+    let (progress, text) = Progress::channel();
+    let seen_growing = watch_growth(text);
+    let reply = model
+        .generate(&request(OTHER_MODEL), &progress)
+        .await
+        .unwrap();
+    drop(progress);
     assert_eq!(reply.text, "Queues wait.\nMessages flow.");
+    assert_eq!(
+        seen_growing.await.unwrap(),
+        [
+            "Queues ",
+            "Queues wait.\nMessages",
+            "Queues wait.\nMessages flow."
+        ],
+        "each chunk arrives as the server sends it"
+    );
     assert_eq!(reply.stop_reason, "max_tokens");
     assert_eq!(
         (reply.usage.input_tokens, reply.usage.output_tokens),
         (11, 5)
     );
 
-    model.generate(&request(DEFAULT_MODEL)).await.unwrap();
+    model
+        .generate(&request(DEFAULT_MODEL), &Progress::channel().0)
+        .await
+        .unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0]["model"], "qwen2.5", "mapped model");
     assert_eq!(seen[1]["model"], "llama3.2", "the default for unmapped ids");
@@ -88,6 +123,102 @@ async fn converse_requests_become_chat_completions_and_back() {
     );
     assert_eq!(seen[0]["max_tokens"], 64);
     assert_eq!(seen[0]["temperature"], 0.5);
+    assert_eq!(seen[0]["stream"], true);
+}
+
+/// Every value the text takes, until its sender is gone.
+fn watch_growth(
+    mut text: tokio::sync::watch::Receiver<String>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut values = Vec::new();
+        while text.changed().await.is_ok() {
+            values.push(text.borrow_and_update().clone());
+        }
+        values
+    })
+}
+
+/// The offline model writes word by word at its pace; the SDK's `converse_stream` reads the
+/// event-stream framing unchanged.
+#[tokio::test]
+async fn the_offline_model_streams_word_by_word() {
+    let knobs = Knobs {
+        words_per_second: 200.0,
+        ..Knobs::default()
+    };
+    let server = ConverseServer::start_with(([127, 0, 0, 1], 0).into(), Backend::Offline, knobs)
+        .await
+        .unwrap();
+    let model = BedrockTextModel::new(&sdk_config(&server.url()).await);
+    let (progress, text) = Progress::channel();
+    let growth = watch_growth(text);
+    let reply = model
+        .generate(&request(DEFAULT_MODEL), &progress)
+        .await
+        .unwrap();
+    drop(progress);
+    let values = growth.await.unwrap();
+    let words = reply.text.split_whitespace().count();
+    assert!(words > 10, "{}", reply.text);
+    assert_eq!(values.len(), words, "one piece a word: {values:?}");
+    assert!(
+        values.windows(2).all(|pair| pair[1].starts_with(&pair[0])),
+        "it only grows"
+    );
+    assert_eq!(values.last(), Some(&reply.text));
+    assert_eq!(reply.stop_reason, "end_turn");
+    assert_eq!(reply.usage.output_tokens, words as u64);
+    assert_eq!(reply.usage.input_tokens, 4 + 2, "prompt and system words");
+}
+
+/// A throttling exception in the middle of the stream is a retryable failure, after the text
+/// that came before it.
+#[tokio::test]
+async fn a_throttle_mid_stream_is_retryable_after_some_text() {
+    let server = ConverseServer::start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    server.fail_next(Fault::ThrottleAfter(3));
+    let model = BedrockTextModel::new(&sdk_config(&server.url()).await);
+    let (progress, text) = Progress::channel();
+    let error = model
+        .generate(&request(DEFAULT_MODEL), &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ModelError::Retryable(message) if message.contains("mid-stream")),
+        "{error:?}"
+    );
+    assert_eq!(
+        text.borrow().split_whitespace().count(),
+        3,
+        "three words came first"
+    );
+
+    // Not streamed, the same fault is a plain 429 (the `converse` route).
+    server.fail_next(Fault::ThrottleAfter(3));
+    let answer = reqwest::Client::new()
+        .post(format!("{}/model/{DEFAULT_MODEL}/converse", server.url()))
+        .json(&json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 429);
+    let answer = reqwest::Client::new()
+        .post(format!("{}/model/{DEFAULT_MODEL}/converse", server.url()))
+        .json(&json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        body["output"]["message"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("You asked: hi")
+    );
+    assert_eq!(body["stopReason"], "end_turn");
 }
 
 #[tokio::test]
@@ -99,7 +230,10 @@ async fn the_servers_errors_keep_their_meaning() {
     ] {
         let (url, _) = chat_server(status).await;
         let (_server, model) = model_for(url).await;
-        let error = model.generate(&request(DEFAULT_MODEL)).await.unwrap_err();
+        let error = model
+            .generate(&request(DEFAULT_MODEL), &Progress::channel().0)
+            .await
+            .unwrap_err();
         assert_eq!(
             matches!(error, ModelError::Retryable(_)),
             retryable,
@@ -108,6 +242,9 @@ async fn the_servers_errors_keep_their_meaning() {
     }
     // Nobody listening at all: retryable too.
     let (_server, model) = model_for("http://127.0.0.1:9/v1".into()).await;
-    let error = model.generate(&request(DEFAULT_MODEL)).await.unwrap_err();
+    let error = model
+        .generate(&request(DEFAULT_MODEL), &Progress::channel().0)
+        .await
+        .unwrap_err();
     assert!(matches!(error, ModelError::Retryable(_)), "{error}");
 }
