@@ -317,6 +317,7 @@ async fn run(options: Options) -> Result<(), Error> {
         GenerateApi::new(
             store.clone(),
             SqsJobQueue::new(&aws, &resources.queue_url),
+            &resources.bucket,
             api_settings.clone(),
         ),
         sessions().filter(|_| api_settings.http.revocation_check),

@@ -74,6 +74,8 @@ pub struct InMemoryJobStore {
 #[derive(Default)]
 struct StoreState {
     jobs: HashMap<JobId, Job>,
+    /// Every version each transition wrote, oldest first.
+    history: HashMap<JobId, Vec<Job>>,
     failures: HashMap<StoreOp, u32>,
 }
 
@@ -93,6 +95,15 @@ impl InMemoryJobStore {
         lock(&self.state).jobs.get(&id).cloned()
     }
 
+    /// Every version of the job that a transition wrote, oldest first.
+    pub fn history(&self, id: JobId) -> Vec<Job> {
+        lock(&self.state)
+            .history
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The next call of `op` fails with [`Unavailable`], writing nothing; calling this `n`
     /// times fails the next `n` calls.
     pub fn fail_next(&self, op: StoreOp) {
@@ -103,12 +114,14 @@ impl InMemoryJobStore {
     /// (such as a model call's hook acting as the owner who cancels).
     pub fn apply(&self, id: JobId, transition: &Transition, at: DateTime<Utc>) -> Transitioned {
         let mut state = lock(&self.state);
-        let Some(job) = state.jobs.get_mut(&id) else {
+        let StoreState { jobs, history, .. } = &mut *state;
+        let Some(job) = jobs.get_mut(&id) else {
             return Transitioned::Refused(None);
         };
         match job.apply(transition, at) {
             Some(next) => {
                 *job = next.clone();
+                history.entry(id).or_default().push(next.clone());
                 Transitioned::Done(next)
             }
             None => Transitioned::Refused(Some(job.clone())),
@@ -282,6 +295,8 @@ pub struct ScriptedModel {
 struct ModelState {
     script: VecDeque<Step>,
     requests: Vec<ModelRequest>,
+    /// Chunks streamed so far, over all calls.
+    streamed: usize,
     during_call: Option<Hook>,
 }
 
@@ -330,6 +345,11 @@ impl ScriptedModel {
         lock(&self.state).requests.clone()
     }
 
+    /// Chunks of streamed answers sent so far (a stopped stream sends no more).
+    pub fn streamed(&self) -> usize {
+        lock(&self.state).streamed
+    }
+
     /// Scripted calls not made (yet).
     pub fn unused(&self) -> usize {
         lock(&self.state).script.len()
@@ -374,6 +394,7 @@ impl TextModel for ScriptedModel {
             Step::Stream { chunks, pause, end } => {
                 for chunk in &chunks {
                     progress.push(chunk);
+                    lock(&self.state).streamed += 1;
                     tokio::time::sleep(pause).await;
                 }
                 end.map(|reply| ModelReply {

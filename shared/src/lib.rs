@@ -7,6 +7,7 @@
 //! - [`adapters`]: one implementation of a port per AWS service.
 //! - `fakes` (tests and the `fakes` feature only): in-memory ports for unit tests.
 //! - [`delivery`]: what becomes of SQS deliveries of job messages (worker and recovery).
+//! - [`long_poll`]: waiting for a job to change (long-polls, `Prefer: wait`).
 //! - [`config`], [`http`], [`telemetry`], [`aws`]: the glue every function needs at its edges.
 
 pub mod adapters;
@@ -17,6 +18,7 @@ pub mod domain;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 pub mod http;
+pub mod long_poll;
 pub mod ports;
 pub mod telemetry;
 

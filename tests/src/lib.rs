@@ -22,7 +22,7 @@ use axum::Router;
 use lambda_http::request::LambdaRequest;
 use lambda_http::tower::ServiceExt;
 use lambda_http::{Adapter, Context, LambdaEvent};
-use local::converse::ConverseServer;
+use local::converse::{Backend, ConverseServer, Knobs};
 use local::event_source::{Settled, SqsEventSource};
 use local::moto::Moto;
 use local::provision::{Names, Resources, provision};
@@ -101,12 +101,26 @@ impl Stack {
 
     /// A stack whose queue makes a reported failure visible again after `seconds`.
     pub async fn with_visibility_timeout(seconds: u32) -> Self {
+        Self::build(seconds, Knobs::default()).await
+    }
+
+    /// A stack whose offline model writes `words_per_second`.
+    pub async fn with_words_per_second(words_per_second: f64) -> Self {
+        let knobs = Knobs {
+            words_per_second,
+            ..Knobs::default()
+        };
+        Self::build(30, knobs).await
+    }
+
+    async fn build(visibility_timeout: u32, knobs: Knobs) -> Self {
         let aws = sdk_config(&moto_url()).await;
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let resources = provision(&aws, &Names::with_prefix(&prefix), seconds)
+        let resources = provision(&aws, &Names::with_prefix(&prefix), visibility_timeout)
             .await
             .expect("resources are created on moto");
-        let bedrock = ConverseServer::start(([127, 0, 0, 1], 0).into())
+        let address = ([127, 0, 0, 1], 0).into();
+        let bedrock = ConverseServer::start_with(address, Backend::Offline, knobs)
             .await
             .expect("the model endpoint starts");
         let events = SqsEventSource::new(&aws, &resources.queue_url, &resources.queue_arn);
@@ -159,6 +173,7 @@ impl Stack {
         let api = GenerateApi::new(
             self.store(),
             SqsJobQueue::new(&self.aws, queue_url),
+            &self.resources.bucket,
             settings,
         );
         api::router(api, sessions)

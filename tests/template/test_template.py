@@ -426,11 +426,25 @@ def test_an_authorizer_guards_every_route_but_options(resources, mode, scheme):
     assert schemes["AWS_IAM"]["x-amazon-apigateway-authtype"] == "awsSigv4"
 
 
+def test_waiting_functions_finish_before_the_http_api_gives_up(resources):
+    # The HTTP API ends an integration after 30 s: `Prefer: wait` (25 s at most) and a
+    # long-poll (20 s at most) must be answered before, with a margin for the last read.
+    api_source = (ROOT / "functions" / "api" / "src" / "lib.rs").read_text()
+    status_source = (ROOT / "functions" / "status" / "src" / "lib.rs").read_text()
+    prefer_wait = int(re.search(r"pub const MAX_WAIT_SECONDS: u64 = (\d+);", api_source)[1])
+    long_poll = int(re.search(r"pub const MAX_WAIT_SECONDS: u64 = (\d+);", status_source)[1])
+    generate = resources["GenerateFunction"]["Properties"]["Timeout"]
+    status = resources["JobStatusFunction"]["Properties"]["Timeout"]
+    assert prefer_wait + 2 <= generate < 30
+    assert long_poll + 2 <= status < 30
+
+
 def test_cors_allows_only_the_web_origin_and_the_stage_is_throttled_and_logged(resources):
     cors = resources["JobsApi"]["Properties"]["Body"]["x-amazon-apigateway-cors"]
     assert cors["allowOrigins"] == [{"Fn::Sub": "https://${WebDistribution.DomainName}"}]
-    assert {"authorization", "idempotency-key"} <= set(cors["allowHeaders"])
-    assert "location" in cors["exposeHeaders"]
+    # What the functions' own CORS layer allows (shared/src/http/mod.rs), and no more.
+    assert set(cors["allowHeaders"]) == {"authorization", "content-type", "idempotency-key", "prefer"}
+    assert set(cors["exposeHeaders"]) == {"location", "preference-applied"}
     stage = resources["JobsApiApiGatewayDefaultStage"]["Properties"]
     assert stage["DefaultRouteSettings"] == {
         "ThrottlingRateLimit": {"Ref": "ThrottlingRateLimit"},
@@ -496,12 +510,13 @@ def test_cognito_signs_up_by_email_with_a_real_password_policy(resources):
 def test_functions_get_the_contracts_environment(resources):
     env = {name: set(resources[name]["Properties"]["Environment"]["Variables"]) for name in FUNCTIONS}
     assert env["GenerateFunction"] == {
-        "JOBS_TABLE", "JOBS_QUEUE_URL", "MODEL_ID", "ALLOWED_MODEL_IDS", "MAX_PROMPT_CHARS",
+        "JOBS_TABLE", "JOBS_QUEUE_URL", "ARTIFACTS_BUCKET", "MODEL_ID", "ALLOWED_MODEL_IDS", "MAX_PROMPT_CHARS",
         "MAX_OUTPUT_TOKENS", "JOB_TTL_DAYS", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK",
         "MAX_JOBS_PER_MINUTE"}
     assert env["JobStatusFunction"] == {
         "JOBS_TABLE", "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK"}
-    assert env["WorkerFunction"] == {"JOBS_TABLE", "ARTIFACTS_BUCKET", "JOBS_QUEUE_URL", "MAX_ATTEMPTS"}
+    assert env["WorkerFunction"] == {
+        "JOBS_TABLE", "ARTIFACTS_BUCKET", "JOBS_QUEUE_URL", "MAX_ATTEMPTS", "STREAM_FLUSH_MS"}
     assert env["RecoveryFunction"] == {
         "JOBS_TABLE", "JOBS_QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "ARTIFACTS_BUCKET", "MAX_ATTEMPTS",
         "RECOVER_AFTER_SECONDS"}

@@ -1,10 +1,11 @@
-//! `POST /generate`: validate, record the job, enqueue it, answer `202` at once.
+//! `POST /generate`: validate, record the job, enqueue it, answer `202` at once; or, asked
+//! with `Prefer: wait=N`, `200` with the finished job if it finishes within `N` seconds.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header::LOCATION;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -14,19 +15,29 @@ use pipeline::domain::{
     FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Limits, Owner,
     RateWindow, Transition,
 };
-use pipeline::http::{self, ApiError, Caller, HttpSettings, SubmittedJob, TextBody};
+use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView, SubmittedJob, TextBody};
+use pipeline::long_poll;
 use pipeline::ports::{Inserted, JobQueue, JobStore, SessionCheck, SubmissionQuota};
 use tracing::{Instrument, error, info, info_span, warn};
 
+/// RFC 7240's answer to `Prefer`: which preferences were honoured.
+const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
 /// How long after a job's creation its submitting request is surely over (the function's
-/// timeout is 10 s): a job still not marked enqueued after that never will be by it.
-pub const ENQUEUE_GRACE: Duration = Duration::seconds(15);
+/// timeout is 29 s): a job still queued after that was never enqueued by it.
+pub const ENQUEUE_GRACE: Duration = Duration::seconds(35);
+
+/// The longest `Prefer: wait`: the HTTP API gives up on an integration after 30 s, and the
+/// function's timeout is 29 s.
+pub const MAX_WAIT_SECONDS: u64 = 25;
 
 /// The function's environment (see the configuration table in `docs/contract.md`).
 #[derive(Clone, Debug)]
 pub struct Config {
     pub table: String,
     pub queue_url: String,
+    /// Named in a finished job's answer to `Prefer: wait`.
+    pub artifacts_bucket: String,
     pub settings: Settings,
 }
 
@@ -35,6 +46,7 @@ impl Config {
         Ok(Self {
             table: env.required("JOBS_TABLE")?,
             queue_url: env.required("JOBS_QUEUE_URL")?,
+            artifacts_bucket: env.required("ARTIFACTS_BUCKET")?,
             settings: Settings::from_env(env)?,
         })
     }
@@ -68,6 +80,7 @@ impl Settings {
 pub struct GenerateApi<S, Q> {
     store: S,
     queue: Q,
+    artifacts_bucket: String,
     settings: Settings,
 }
 
@@ -97,6 +110,7 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
         .map(|value| IdempotencyKey::parse(&String::from_utf8_lossy(value.as_bytes())))
         .transpose()?;
     let request = GenerateRequest::from_json(&body, &api.settings.limits)?;
+    let wait = preferred_wait(&headers);
     // A repeat asks for nothing new, so with a quota it is answered before anything is
     // counted (without one, the conditional insert finds it, with one call fewer).
     if let Some(key) = idempotency_key
@@ -105,7 +119,7 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
     {
         let id = JobId::for_idempotency_key(&caller.owner, key);
         if let Some(original) = api.original(id, &caller.owner).await? {
-            return Ok(original);
+            return api.answer(StatusCode::OK, original, wait).await;
         }
     }
     let now = (api.settings.clock)();
@@ -118,15 +132,68 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
         api.settings.job_ttl,
     );
     let span = info_span!("job", job_id = %job.id);
-    api.submit(job).instrument(span).await
+    let (status, job) = api.submit(job).instrument(span).await?;
+    api.answer(status, job, wait).await
+}
+
+/// `wait=N` among the `Prefer` header's preferences (RFC 7240), at most
+/// [`MAX_WAIT_SECONDS`]; a preference that cannot be honoured is ignored, as the RFC says.
+fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']))
+        .filter_map(|preference| {
+            let (name, value) = preference.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
+        })
+        .find(|seconds| *seconds > 0)
+        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
 }
 
 impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
-    pub fn new(store: S, queue: Q, settings: Settings) -> Self {
+    pub fn new(
+        store: S,
+        queue: Q,
+        artifacts_bucket: impl Into<String>,
+        settings: Settings,
+    ) -> Self {
         Self {
             store,
             queue,
+            artifacts_bucket: artifacts_bucket.into(),
             settings,
+        }
+    }
+
+    /// The usual answer (`202`, or `200` for a repeat) with the job's link; with a
+    /// `Prefer: wait` of `seconds`, `200` with the whole job if it finishes by then, and
+    /// `Preference-Applied`.
+    async fn answer(
+        &self,
+        status: StatusCode,
+        job: Job,
+        wait: Option<u64>,
+    ) -> Result<Response, ApiError> {
+        let Some(seconds) = wait else {
+            return Ok(accepted(status, &job));
+        };
+        let finished = |job: &Job| job.status.is_terminal();
+        let wait = std::time::Duration::from_secs(seconds);
+        match long_poll::wait_for(&self.store, job.id, wait, finished).await? {
+            Some(done) if finished(&done) => Ok((
+                StatusCode::OK,
+                [
+                    (LOCATION, http::location(&done)),
+                    (PREFERENCE_APPLIED, format!("wait={seconds}")),
+                ],
+                Json(JobView::of(&done, &self.artifacts_bucket)),
+            )
+                .into_response()),
+            _ => Ok(accepted(status, &job)),
         }
     }
 
@@ -147,11 +214,13 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         Err(ApiError::rate_limited(limit, retry_after))
     }
 
-    async fn submit(&self, job: Job) -> Result<Response, ApiError> {
+    /// Records and enqueues the job: `202` and the job, or `200` and the original for a
+    /// repeat that lost the race for the id.
+    async fn submit(&self, job: Job) -> Result<(StatusCode, Job), ApiError> {
         if self.store.insert(&job).await? == Inserted::AlreadyExists {
             // A concurrent repeat won the race for the id.
             return match self.original(job.id, &job.owner).await? {
-                Some(original) => Ok(original),
+                Some(original) => Ok((StatusCode::OK, original)),
                 None => {
                     // Only possible if the record vanished between the two calls (TTL).
                     warn!("idempotent repeat found no original job");
@@ -185,7 +254,7 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         }
         info!(model = %job.request.model, max_tokens = job.request.max_tokens, "job queued");
         tracing::debug!(prompt = %job.request.prompt, "job prompt");
-        Ok(accepted(StatusCode::ACCEPTED, &job))
+        Ok((StatusCode::ACCEPTED, job))
     }
 
     /// The same caller sent the same `Idempotency-Key` again: the answer with the original
@@ -193,7 +262,7 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
     /// over may never have been enqueued (that request died between the write and the send):
     /// it is enqueued again, so that a client's retry always leads to a job that runs. If its
     /// message was in fact sent, the worker's leases make the second one harmless.
-    async fn original(&self, id: JobId, owner: &Owner) -> Result<Option<Response>, ApiError> {
+    async fn original(&self, id: JobId, owner: &Owner) -> Result<Option<Job>, ApiError> {
         let Some(original) = self
             .store
             .get(id)
@@ -215,7 +284,7 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         span.in_scope(|| {
             info!(status = %original.status, "idempotent repeat; answered with the original job");
         });
-        Ok(Some(accepted(StatusCode::OK, &original)))
+        Ok(Some(original))
     }
 }
 

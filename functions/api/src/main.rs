@@ -10,6 +10,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let api = GenerateApi::new(
         DynamoJobStore::new(&aws, config.table),
         SqsJobQueue::new(&aws, config.queue_url),
+        config.artifacts_bucket,
         config.settings,
     );
     lambda_http::run(api::router(api, sessions)).await

@@ -13,6 +13,7 @@ use chrono::Utc;
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{Job, JobId, JobStatus, Transition, Transitioned, parse_timestamp};
 use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView};
+use pipeline::long_poll;
 use pipeline::ports::{JobStore, PageCursor, SessionCheck};
 use serde::{Deserialize, Serialize};
 
@@ -90,12 +91,56 @@ where
     http::finish(routes, &http, sessions)
 }
 
+/// The longest long-poll: `wait` is 0 to this many seconds (the function's timeout is 25 s).
+pub const MAX_WAIT_SECONDS: u64 = 20;
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+    after: Option<String>,
+}
+
+/// The job; with `wait=N&after=S`, as soon as its `seq` is past `S` or it is finished, at the
+/// latest after `N` seconds (a long-poll: text shows as it is written, without polling).
 async fn job<S: JobStore>(
     State(status): State<Arc<StatusApi<S>>>,
     caller: Caller,
     Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<JobView>, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        ApiError::invalid_request("The query string could not be read; use wait and after.")
+    })?;
+    let wait = match query.wait {
+        None => 0,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|wait| *wait <= MAX_WAIT_SECONDS)
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "Query parameter wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}."
+                ))
+            })?,
+    };
+    let after: i64 = match query.after {
+        None => -1,
+        Some(text) => text.parse().ok().filter(|after| *after >= -1).ok_or_else(|| {
+            ApiError::invalid_request(
+                "Query parameter after must be a seq this API returned (a whole number), or -1.",
+            )
+        })?,
+    };
     let job = status.own_job(&caller, &id).await?;
+    let changed = |job: &Job| job.seq as i64 > after || job.status.is_terminal();
+    let job = if wait == 0 || changed(&job) {
+        job
+    } else {
+        let wait = std::time::Duration::from_secs(wait);
+        long_poll::wait_for(&status.store, job.id, wait, changed)
+            .await?
+            .ok_or_else(ApiError::job_not_found)?
+    };
     Ok(Json(JobView::of(&job, &status.artifacts_bucket)))
 }
 

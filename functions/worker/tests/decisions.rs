@@ -938,3 +938,153 @@ async fn a_finished_job_keeps_no_artifact_of_the_attempts_that_died() {
         assert_eq!(world.artifacts.keys(), expected, "{name}");
     }
 }
+
+/// A streamed answer reaches the record as it is written: each flush under the attempt's
+/// lease, with the text so far (it only grows), at most once per `stream_flush`; then the
+/// success with the whole text.
+#[tokio::test]
+async fn a_streamed_answer_is_flushed_as_it_grows() {
+    let world = World::new(3);
+    let job = queued_job();
+    world.store.seed(job.clone());
+    let chunks = ["Hello", ", ", "streaming ", "world", "."];
+    let pause = Duration::from_millis(STREAM_FLUSH_MS * 3);
+    world
+        .model
+        .push_stream(&chunks, pause, Ok(model_reply("ignored")));
+
+    let retried = world.deliver(vec![message(job.id, "m-1", 1)]).await;
+
+    assert!(retried.is_empty());
+    let history = world.store.history(job.id);
+    let flushed: Vec<String> = history
+        .iter()
+        .filter(|version| version.status == JobStatus::Running)
+        .filter_map(|version| version.partial_output.clone())
+        .collect();
+    assert!(
+        flushed.len() >= 2,
+        "the text reached the record as it grew: {flushed:?}"
+    );
+    assert!(
+        flushed
+            .windows(2)
+            .all(|pair| pair[1].starts_with(&pair[0]) && pair[1] != pair[0]),
+        "each flush adds to the last: {flushed:?}"
+    );
+    let started = &history[0];
+    assert!(
+        history[1..history.len() - 1]
+            .iter()
+            .all(|version| version.lease == started.lease && version.lease.is_some()),
+        "every flush under the attempt's own lease"
+    );
+    let done = history.last().unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.completion.as_ref().unwrap().output, chunks.concat());
+    assert_eq!(done.partial_output, None);
+    assert_eq!(
+        done.seq,
+        job.seq + history.len() as u64,
+        "each write one change"
+    );
+
+    // Chunks closer together than the flush interval are flushed together.
+    let world = World::new(3);
+    world.store.seed(job.clone());
+    let many: Vec<String> = (0..40).map(|n| format!("w{n} ")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    world
+        .model
+        .push_stream(&many, Duration::from_millis(1), Ok(model_reply("ignored")));
+    world.deliver(vec![message(job.id, "m-1", 1)]).await;
+    let flushes = world.store.history(job.id).len() - 2;
+    assert!(
+        flushes >= 1 && flushes < 20,
+        "{flushes} flushes for 40 chunks"
+    );
+}
+
+/// The owner cancels while the answer streams: the attempt's next flush is refused, its
+/// stream is stopped, and the cancelled job keeps the text it had; no artifact is written.
+#[tokio::test]
+async fn a_cancellation_mid_stream_stops_the_stream_and_keeps_the_text() {
+    let world = World::new(3);
+    let job = queued_job();
+    world.store.seed(job.clone());
+    let chunks: Vec<String> = (0..100).map(|n| format!("w{n} ")).collect();
+    let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+    world.model.push_stream(
+        &chunks,
+        Duration::from_millis(5),
+        Ok(model_reply("ignored")),
+    );
+    let owner = world.store.clone();
+    let cancel = tokio::spawn(async move {
+        loop {
+            let current = owner.job(job.id).unwrap();
+            if current.partial_output.is_some() {
+                owner.apply(job.id, &Transition::Cancel, Utc::now());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+
+    let retried = world.deliver(vec![message(job.id, "m-1", 1)]).await;
+    cancel.await.unwrap();
+
+    assert!(retried.is_empty(), "acknowledged");
+    let after = world.store.job(job.id).unwrap();
+    assert_eq!(after.status, JobStatus::Cancelled);
+    let kept = after
+        .partial_output
+        .expect("the cancelled job keeps its text");
+    assert!(
+        !kept.is_empty() && chunks.concat().starts_with(&kept),
+        "{kept}"
+    );
+    assert!(
+        world.model.streamed() < chunks.len(),
+        "the stream was stopped"
+    );
+    assert!(world.artifacts.keys().is_empty());
+}
+
+/// A retryable error in the middle of the stream fails the attempt, which releases the job
+/// with its text; the next attempt starts from nothing and its text replaces it.
+#[tokio::test]
+async fn a_retryable_error_mid_stream_is_the_attempts_failure() {
+    let world = World::new(3);
+    let job = queued_job();
+    world.store.seed(job.clone());
+    world.model.push_stream(
+        &["half ", "an "],
+        Duration::from_millis(STREAM_FLUSH_MS * 2),
+        Err(ModelError::Retryable(THROTTLED.into())),
+    );
+    let retried = world.deliver(vec![message(job.id, "m-1", 1)]).await;
+    assert_eq!(retried, ["m-1"]);
+    let released = world.store.job(job.id).unwrap();
+    assert_eq!(released.status, JobStatus::Running);
+    assert_eq!(released.lease, None);
+    assert!(released.partial_output.is_some());
+
+    world.model.push(Ok(model_reply(ANSWER)));
+    world.deliver(vec![message(job.id, "m-1", 2)]).await;
+    let history = world.store.history(job.id);
+    let second_start = history
+        .iter()
+        .rfind(|version| {
+            version.attempts == 2
+                && version.partial_output.is_none()
+                && version.status == JobStatus::Running
+        })
+        .expect("the second attempt started");
+    assert_eq!(
+        second_start.partial_output, None,
+        "a new attempt starts empty"
+    );
+    let done = world.store.job(job.id).unwrap();
+    assert_eq!(done.completion.unwrap().output, ANSWER);
+}

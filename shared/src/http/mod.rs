@@ -34,11 +34,16 @@ pub use views::{ArtifactLocation, ErrorView, JobLinks, JobView, SubmittedJob, lo
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The request headers a browser may send across origins.
-pub const ALLOWED_HEADERS: [HeaderName; 3] = [
+pub const ALLOWED_HEADERS: [HeaderName; 4] = [
     AUTHORIZATION,
     CONTENT_TYPE,
     HeaderName::from_static("idempotency-key"),
+    HeaderName::from_static("prefer"),
 ];
+
+/// The response headers a browser's script may read across origins.
+pub const EXPOSED_HEADERS: [HeaderName; 2] =
+    [LOCATION, HeaderName::from_static("preference-applied")];
 
 /// What every HTTP function reads from the environment the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +117,7 @@ pub fn with_cors(router: Router, origin: &str) -> Router {
         .allow_origin(allow_origin)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers(ALLOWED_HEADERS)
-        .expose_headers([LOCATION])
+        .expose_headers(EXPOSED_HEADERS)
         .max_age(Duration::from_secs(600));
     router
         .layer(cors)
@@ -337,5 +342,6 @@ mod tests {
         );
         let allowed = headers["access-control-allow-headers"].to_str().unwrap();
         assert!(allowed.contains("idempotency-key"), "{allowed}");
+        assert!(allowed.contains("prefer"), "{allowed}");
     }
 }

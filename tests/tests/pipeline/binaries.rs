@@ -36,9 +36,15 @@ fn each_function_names_its_missing_variable_and_stops() {
         ("api", vec![("JOBS_TABLE", "jobs")], "JOBS_QUEUE_URL"),
         (
             "api",
+            vec![("JOBS_TABLE", "jobs"), ("JOBS_QUEUE_URL", "http://q")],
+            "ARTIFACTS_BUCKET",
+        ),
+        (
+            "api",
             vec![
                 ("JOBS_TABLE", "jobs"),
                 ("JOBS_QUEUE_URL", "http://q"),
+                ("ARTIFACTS_BUCKET", "b"),
                 ("MAX_OUTPUT_TOKENS", "lots"),
             ],
             "MAX_OUTPUT_TOKENS",

@@ -301,6 +301,7 @@ async fn a_missing_table_is_503_not_a_crash() {
         api::GenerateApi::new(
             pipeline::adapters::DynamoJobStore::new(&stack.aws, "no-such-table"),
             pipeline::adapters::SqsJobQueue::new(&stack.aws, &stack.resources.queue_url),
+            &stack.resources.bucket,
             stack.api_settings(),
         ),
         None::<pipeline::adapters::CognitoSessionCheck>,

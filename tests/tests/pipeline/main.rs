@@ -6,6 +6,7 @@ mod gateway;
 mod generate;
 mod iam_callers;
 mod lifecycle;
+mod live;
 mod model_providers;
 mod recovery;
 mod round_trip;

@@ -1,0 +1,104 @@
+//! Waiting for a job to change, for long-polls (`GET /jobs/{id}?wait=N&after=S`) and
+//! one-request use (`Prefer: wait=N` on `POST /generate`).
+//!
+//! A consistent read every [`POLL_INTERVAL`]: the record is the single source of truth and
+//! DynamoDB offers no push to a waiting Lambda, so the answer comes at most one interval after
+//! the change it waits for (the worker flushes every `STREAM_FLUSH_MS`).
+
+use std::time::Duration;
+
+use crate::domain::{Job, JobId};
+use crate::ports::{JobStore, Unavailable};
+
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Reads the job until `done` holds for it, or `wait` has passed: the last read (`None`:
+/// there is no such job).
+pub async fn wait_for<S: JobStore>(
+    store: &S,
+    id: JobId,
+    wait: Duration,
+    done: impl Fn(&Job) -> bool,
+) -> Result<Option<Job>, Unavailable> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let job = store.get(id).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() || job.as_ref().is_none_or(&done) {
+            return Ok(job);
+        }
+        tokio::time::sleep(left.min(POLL_INTERVAL)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::domain::{GenerateRequest, JobStatus, Owner, Transition};
+    use crate::fakes::InMemoryJobStore;
+
+    fn job() -> Job {
+        let request = GenerateRequest {
+            prompt: "hi".into(),
+            model: "m".into(),
+            max_tokens: 1,
+            temperature: None,
+            system: None,
+        };
+        let now: DateTime<Utc> = Utc::now();
+        Job::queued(
+            Owner::new("o"),
+            request,
+            None,
+            now,
+            chrono::Duration::days(1),
+        )
+    }
+
+    #[tokio::test]
+    async fn it_answers_once_it_sees_the_change_not_at_the_end_of_the_wait() {
+        let store = InMemoryJobStore::new();
+        let job = job();
+        store.seed(job.clone());
+        let owner = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            owner.apply(job.id, &Transition::Cancel, Utc::now());
+        });
+        let started = tokio::time::Instant::now();
+        let seen = wait_for(&store, job.id, Duration::from_secs(20), |job| {
+            job.status.is_terminal()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(seen.status, JobStatus::Cancelled);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+            "answered at the change: {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn it_gives_up_after_the_wait_and_at_once_for_a_missing_job() {
+        let store = InMemoryJobStore::new();
+        let job = job();
+        store.seed(job.clone());
+        let started = tokio::time::Instant::now();
+        let seen = wait_for(&store, job.id, Duration::from_millis(250), |_| false)
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(job), "the job as it is when the wait is over");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+
+        let missing = wait_for(&store, JobId::random(), Duration::from_secs(3600), |_| {
+            false
+        })
+        .await
+        .unwrap();
+        assert_eq!(missing, None, "answered at once");
+    }
+}
