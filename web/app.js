@@ -386,7 +386,10 @@ const SANITIZE = {
     "pre", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
   ],
   ALLOWED_ATTR: ["href", "title", "align", "start"],
+  // Only absolute http(s) links keep their href. DOMPurify applies this pattern to every
+  // attribute it does not know as URI-safe, so the two plain ones are named.
   ALLOWED_URI_REGEXP: /^https?:\/\//i,
+  ADD_URI_SAFE_ATTR: ["align", "start"],
   ALLOW_DATA_ATTR: false,
   RETURN_DOM_FRAGMENT: true,
 };

@@ -1,10 +1,14 @@
 // The web UI in a real headless Chromium, against the real local stack (local-stack binary:
 // moto, the offline model, the worker and the gateway), as a new user would use it.
+//
+// The offline model answers "… You asked: <prompt>", so a prompt written in Markdown (or
+// carrying an attack) comes back inside the output, as a model's answer would.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,6 +21,7 @@ const binary =
 const screenshots = path.join(root, "tests/e2e/screenshots");
 const DEMO = { email: "demo@example.com", password: "Demo-Password-2026!" };
 const WAIT = { timeout: 30_000 };
+const RESTARTED = "The service was restarted; please sign in again.";
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -29,9 +34,10 @@ function freePort() {
   });
 }
 
-/// Starts local-stack with `args` and resolves once it says it is ready.
-async function startStack(args = []) {
-  const port = await freePort();
+/// Starts local-stack with `args` (on `port`, else a free one) and resolves once it says it
+/// is ready.
+async function startStack(args = [], { port } = {}) {
+  port ??= await freePort();
   const child = spawn(binary, ["--port", String(port), "--web-dir", path.join(root, "web"), ...args], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
@@ -52,9 +58,11 @@ async function startStack(args = []) {
   });
   return {
     url: `http://127.0.0.1:${port}`,
+    port,
     log: () => output,
     stop: () =>
       new Promise((resolve) => {
+        if (child.exitCode !== null) return resolve();
         child.removeAllListeners("exit");
         child.on("exit", resolve);
         child.kill("SIGINT");
@@ -84,17 +92,28 @@ after(async () => {
   await browser?.close();
 });
 
-/// A fresh page that records script errors and dialogs, which no test expects.
-async function openPage(url) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+/// A fresh page that records script errors, dialogs and Content Security Policy violations,
+/// which no test expects. `problems(page)` returns them all.
+async function openPage(url, { viewport = { width: 1100, height: 900 }, ...options } = {}) {
+  const context = await browser.newContext({ viewport, ...options });
   const page = await context.newPage();
-  const problems = [];
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  const seen = [];
+  page.on("pageerror", (error) => seen.push(`page error: ${error.message}`));
   page.on("dialog", (dialog) => {
-    problems.push(`dialog: ${dialog.message()}`);
+    seen.push(`dialog: ${dialog.message()}`);
     dialog.dismiss();
   });
+  await page.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener("securitypolicyviolation", (event) => {
+      window.__violations.push(`${event.violatedDirective} blocked ${event.blockedURI || "inline"}`);
+    });
+  });
   await page.goto(url);
+  const problems = async () => [
+    ...seen,
+    ...(await page.evaluate(() => window.__violations ?? []).catch(() => [])).map((v) => `CSP: ${v}`),
+  ];
   return { page, problems };
 }
 
@@ -109,11 +128,7 @@ async function signIn(page, { email, password }) {
 /// Submits a prompt and returns the job's list item once the job has ended.
 async function submitAndWait(page, prompt) {
   await page.getByLabel("Prompt", { exact: true }).fill(prompt);
-  await page.getByRole("button", { name: "Submit" }).click();
-  const job = page.locator("li.job").first();
-  await job.locator('[data-field="status"]').waitFor(WAIT);
-  const id = await job.getAttribute("data-job-id");
-  const item = page.locator(`li.job[data-job-id="${id}"]`);
+  const { id, item } = await submit(page);
   await page.waitForFunction(
     (jobId) => ["succeeded", "failed"].includes(document.querySelector(`li.job[data-job-id="${jobId}"]`)?.dataset.status),
     id,
@@ -121,6 +136,82 @@ async function submitAndWait(page, prompt) {
   );
   return { id, item };
 }
+
+/// Clicks Submit; resolves to the request's body and the new job's list item.
+async function submit(page) {
+  const answer = page.waitForResponse((r) => r.url().endsWith("/generate"));
+  await page.getByRole("button", { name: "Submit" }).click();
+  const response = await answer;
+  const { job_id: id } = await response.json();
+  return { id, body: response.request().postDataJSON(), item: page.locator(`li.job[data-job-id="${id}"]`) };
+}
+
+function statusIs(page, id, status) {
+  return page.waitForFunction(
+    ([jobId, wanted]) => document.querySelector(`li.job[data-job-id="${jobId}"]`)?.dataset.status === wanted,
+    [id, status],
+    WAIT,
+  );
+}
+
+/// The job's output as it is shown by default: rendered Markdown.
+const rendered = (item) => item.locator('[data-field="markdown"]');
+
+async function noHorizontalScroll(page) {
+  const [scrollWidth, clientWidth] = await page.evaluate(() => [
+    document.scrollingElement.scrollWidth,
+    document.scrollingElement.clientWidth,
+  ]);
+  assert.ok(scrollWidth <= clientWidth, `page scrolls sideways: ${scrollWidth} > ${clientWidth}`);
+}
+
+const isJobRead = (url) => /\/jobs\/[0-9a-f-]{36}$/.test(new URL(url).pathname);
+
+describe("the page as served", () => {
+  let stack;
+  before(async () => {
+    stack = await startStack();
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  test("its Content Security Policy is the gateway's, and it loads only its own files", async () => {
+    const gateway = readFileSync(path.join(root, "local/src/gateway.rs"), "utf8");
+    const policy = gateway.match(/pub const CONTENT_SECURITY_POLICY: &str = "([^"]+)";/)[1];
+    const response = await fetch(stack.url);
+    assert.equal(response.headers.get("content-security-policy"), policy);
+    const html = await response.text();
+    const meta = html.match(/http-equiv="Content-Security-Policy"\s+content="([^"]+)"/)[1];
+    assert.equal(meta, policy, "web/index.html carries the header's policy");
+    for (const [, src] of html.matchAll(/<(?:script|link)\b[^>]*(?:src|href)="([^"]+)"/g)) {
+      assert.ok(!/^[a-z]+:|^\/\//i.test(src), `same-origin only: ${src}`);
+    }
+
+    const icon = await fetch(`${stack.url}/favicon.svg`);
+    assert.equal(icon.status, 200);
+    assert.equal(icon.headers.get("content-type"), "image/svg+xml");
+    assert.match(html, /<link rel="icon" href="favicon.svg" type="image\/svg\+xml">/);
+  });
+
+  test("the vendored libraries are the pinned versions, unchanged", () => {
+    const vendor = path.join(root, "web/vendor");
+    const sums = readFileSync(path.join(vendor, "SHA256SUMS"), "utf8").trim().split("\n");
+    assert.ok(sums.length >= 4);
+    for (const line of sums) {
+      const [sum, file] = line.split(/\s+\*?/);
+      const actual = createHash("sha256").update(readFileSync(path.join(vendor, file))).digest("hex");
+      assert.equal(actual, sum, `web/vendor/${file} is what scripts/vendor-web.sh fetched`);
+    }
+    const script = readFileSync(path.join(root, "scripts/vendor-web.sh"), "utf8");
+    const pins = Object.fromEntries([...script.matchAll(/^ {2}"(marked|dompurify) (\S+) sha512-/gm)].map((m) => [m[1], m[2]]));
+    const versions = readFileSync(path.join(vendor, "VERSIONS"), "utf8");
+    assert.match(versions, new RegExp(`^marked ${pins.marked}$`, "m"));
+    assert.match(versions, new RegExp(`^dompurify ${pins.dompurify}$`, "m"));
+    assert.match(readFileSync(path.join(vendor, "marked/marked.esm.js"), "utf8"), new RegExp(`marked v${pins.marked} `));
+    assert.match(readFileSync(path.join(vendor, "dompurify/purify.min.js"), "utf8"), new RegExp(`DOMPurify ${pins.dompurify} `));
+  });
+});
 
 describe("web UI on the local stack", () => {
   let stack;
@@ -150,6 +241,10 @@ describe("web UI on the local stack", () => {
     const prompt = "Write a haiku about queues\n  and keep   the spacing";
     const { id, item } = await submitAndWait(page, prompt);
     assert.equal(await item.getAttribute("data-status"), "succeeded");
+    // Opened by itself, as Markdown; the raw text keeps every space.
+    await rendered(item).filter({ hasText: "You asked" }).waitFor(WAIT);
+    assert.match(await rendered(item).innerText(), /offline model/);
+    await item.getByRole("button", { name: "Raw text" }).click();
     const output = item.locator("pre.output", { hasText: "You asked" });
     await output.waitFor(WAIT);
     const text = await output.textContent();
@@ -164,23 +259,393 @@ describe("web UI on the local stack", () => {
     await again.waitFor(WAIT);
     assert.equal(await again.getAttribute("data-status"), "succeeded");
     await again.locator("summary").click();
-    await again.locator("pre.output", { hasText: "You asked" }).waitFor(WAIT);
+    await rendered(again).filter({ hasText: "You asked" }).waitFor(WAIT);
+    await again.getByRole("button", { name: "Raw text" }).click();
     assert.equal(await again.locator("pre.output").textContent(), text);
-    assert.deepEqual(problems, []);
+    assert.deepEqual(await problems(), []);
   });
 
-  test("model output is shown as text and runs nothing", async () => {
+  test("raw HTML in model output is shown as text and runs nothing", async () => {
     const { page, problems } = await openPage(stack.url);
     await signIn(page, DEMO);
     const attack = `<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold</b>`;
     const { item } = await submitAndWait(page, attack);
     assert.equal(await item.getAttribute("data-status"), "succeeded");
-    const output = item.locator("pre.output");
-    assert.ok((await output.textContent()).includes(attack), "the markup is shown literally");
-    assert.equal(await output.locator("img, script, b").count(), 0, "no element was created from it");
+    await rendered(item).filter({ hasText: "You asked" }).waitFor(WAIT);
+    assert.ok((await rendered(item).textContent()).includes(attack), "the markup is shown literally");
+    assert.ok((await item.locator("pre.output").textContent()).includes(attack));
+    assert.equal(await item.locator("img, script, b").count(), 0, "no element was created from it");
     assert.equal(await item.locator('[data-field="prompt"] *').count(), 0);
     assert.equal(await page.evaluate(() => window.__pwned), undefined);
-    assert.deepEqual(problems, []);
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("output is rendered as Markdown: headings, lists, code blocks, tables and links", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await signIn(page, DEMO);
+    const prompt = [
+      "Markdown, please",
+      "# Heading one",
+      "## Heading two",
+      "- apples\n- **pears**\n- `plums`",
+      "1. first\n2. second",
+      "```js\nconst answer = 42;\n```",
+      "| name | count |\n|:-----|------:|\n| cats | 2 |\n| dogs | 3 |",
+      "See [the docs](https://example.com/docs) and ~~nothing else~~.",
+    ].join("\n\n");
+    const { item } = await submitAndWait(page, prompt);
+    const view = rendered(item);
+    await view.locator("h3").waitFor(WAIT);
+    // The page's headings are h1 and h2, so an answer's start at h3.
+    assert.equal(await view.locator("h3").innerText(), "Heading one");
+    assert.equal(await view.locator("h4").innerText(), "Heading two");
+    assert.equal(await view.locator("h1, h2").count(), 0);
+    assert.deepEqual(await view.locator("ul > li").allInnerTexts(), ["apples", "pears", "plums"]);
+    assert.equal(await view.locator("ul strong").innerText(), "pears");
+    assert.equal(await view.locator("li code").innerText(), "plums");
+    assert.deepEqual(await view.locator("ol > li").allInnerTexts(), ["first", "second"]);
+    assert.equal(await view.locator("pre > code").innerText(), "const answer = 42;");
+    assert.deepEqual(await view.locator("table th").allInnerTexts(), ["name", "count"]);
+    assert.equal(await view.locator("table tbody tr").count(), 2);
+    assert.equal(await view.locator("table td").nth(1).getAttribute("align"), "right");
+    assert.equal(await view.locator("del").innerText(), "nothing else");
+    const link = view.getByRole("link", { name: "the docs" });
+    assert.equal(await link.getAttribute("href"), "https://example.com/docs");
+    assert.equal(await link.getAttribute("target"), "_blank");
+    assert.equal(await link.getAttribute("rel"), "noopener noreferrer");
+    assert.equal(await view.locator("[class], [style], [id]").count(), 0, "no ids, classes or styles");
+    await item.screenshot({ path: path.join(screenshots, "markdown.png") });
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("nothing in Markdown output can run or load: links, raw HTML, data: URLs, SVG", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await page.addInitScript(() => {
+      window.__fired = [];
+      window.pwn = (n) => window.__fired.push(n);
+    });
+    await page.reload();
+    const requests = [];
+    page.on("request", (request) => requests.push(request.url()));
+    await signIn(page, DEMO);
+    const corpus = [
+      "XSS corpus",
+      "[a link](javascript:pwn(1))",
+      "[spaced](  javascript:pwn(2))",
+      "[mixed case](JaVaScRiPt:pwn(3))",
+      "[tab inside](jav&#x09;ascript:pwn(4))",
+      "<javascript:pwn(5)>",
+      "[reference link][r]\n\n[r]: javascript:pwn(6)",
+      "[data link](data:text/html;base64,PHNjcmlwdD5wd24oNyk8L3NjcmlwdD4=)",
+      "![data image](data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9cHduKDgpPjwvc3ZnPg==)",
+      "![remote image](http://127.0.0.1:9/pixel.png)",
+      "<script>pwn(9)</script>",
+      '<img src="/x.png" onerror="pwn(10)">',
+      '<iframe src="javascript:pwn(11)"></iframe>',
+      '<svg onload="pwn(12)"><script>pwn(13)</script></svg>',
+      '<a href="#" onclick="pwn(14)">raw anchor</a>',
+      '<details open ontoggle="pwn(15)"><summary>x</summary></details>',
+      '<math><mi xlink:href="javascript:pwn(16)">m</mi></math>',
+      "<style>body { display: none }</style>",
+      '<form action="javascript:pwn(17)"><button>go</button></form>',
+      '<object data="javascript:pwn(18)"></object>',
+      "[vb](vbscript:pwn(19))",
+      '<div style="background:url(javascript:pwn(20))" onmouseover="pwn(21)">hover</div>',
+      "[fine](https://example.com/safe)",
+    ].join("\n\n");
+    const { item } = await submitAndWait(page, corpus);
+    const view = rendered(item);
+    await view.getByRole("link", { name: "fine" }).waitFor(WAIT);
+
+    // Use it as a person would: hover and click what looks like a link but is not one.
+    const inert = await view.locator("a:not([href])").all();
+    assert.ok(inert.length >= 8, `${inert.length} links made inert`);
+    for (const element of inert) {
+      await element.hover();
+      await element.click();
+    }
+    await page.waitForTimeout(300);
+
+    assert.deepEqual(await page.evaluate(() => window.__fired), [], "no payload ran");
+    const forbidden = "script, img, iframe, svg, math, style, object, embed, form, input, button, details, video, audio, link, meta, base";
+    assert.equal(await view.locator(forbidden).count(), 0, "no such element was created");
+    const attributes = await view.evaluate((root) =>
+      [...root.querySelectorAll("*")].flatMap((element) =>
+        [...element.attributes].map((attribute) => `${element.tagName} ${attribute.name}=${attribute.value}`),
+      ),
+    );
+    for (const attribute of attributes) {
+      assert.doesNotMatch(attribute, /^\S+ (on|style|src|xlink|action|formaction|data)/i, attribute);
+      if (/ href=/.test(attribute)) assert.match(attribute, /^A href=https?:\/\//, attribute);
+    }
+    const hrefs = await view.locator("a[href]").evaluateAll((links) => links.map((a) => [a.href, a.target, a.rel]));
+    assert.deepEqual(hrefs, [
+      ["http://127.0.0.1:9/pixel.png", "_blank", "noopener noreferrer"],
+      ["https://example.com/safe", "_blank", "noopener noreferrer"],
+    ]);
+    assert.ok((await view.textContent()).includes("<script>pwn(9)</script>"), "raw HTML is shown as text");
+    assert.ok((await view.textContent()).includes("Image: data image"), "an image becomes a link, or text");
+    const strays = requests.filter((url) => !url.startsWith(stack.url) || /x\.png|pixel/.test(url));
+    assert.deepEqual(strays, [], "nothing was loaded from the output");
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("the raw text view and the copy button", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: stack.url });
+    await signIn(page, DEMO);
+    const prompt = "Copy me\n\n- one\n- two";
+    const { item } = await submitAndWait(page, prompt);
+    const raw = item.getByRole("button", { name: "Raw text" });
+    const pre = item.locator("pre.output");
+    await rendered(item).locator("li").first().waitFor(WAIT);
+    assert.equal(await raw.getAttribute("aria-pressed"), "false");
+    assert.equal(await pre.isHidden(), true);
+
+    await raw.click();
+    assert.equal(await raw.getAttribute("aria-pressed"), "true");
+    assert.equal(await rendered(item).isHidden(), true);
+    assert.ok((await pre.innerText()).endsWith(`You asked: ${prompt}`), "the Markdown source, as written");
+    await raw.click();
+    assert.equal(await pre.isHidden(), true);
+    assert.equal(await rendered(item).isVisible(), true);
+
+    await item.getByRole("button", { name: "Copy" }).click();
+    await item.getByRole("status").filter({ hasText: "Copied" }).waitFor(WAIT);
+    const copied = await page.evaluate(() => navigator.clipboard.readText());
+    assert.equal(copied, await pre.textContent());
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("a finished job shows its settings, its times, and a long prompt clamped until expanded", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await signIn(page, DEMO);
+    await page.getByLabel("Max tokens").fill("300");
+    await page.getByLabel("Temperature").fill("0.3");
+    await page.locator("summary", { hasText: "System prompt" }).click();
+    await page.getByRole("textbox", { name: "System prompt" }).fill("Answer in one line.");
+    const prompt = Array.from({ length: 12 }, (_, i) => `Line ${i + 1} of a long prompt.`).join("\n");
+    const { item } = await submitAndWait(page, prompt);
+
+    assert.equal(await item.locator('[data-field="model"]').innerText(), "amazon.nova-micro-v1:0");
+    assert.equal(await item.locator('[data-field="max-tokens"]').innerText(), "up to 300 tokens");
+    assert.equal(await item.locator('[data-field="temperature"]').innerText(), "temperature 0.3");
+    assert.equal(await item.locator('[data-field="system-box"]').innerText(), "System prompt: Answer in one line.");
+    assert.equal(await item.locator('[data-field="retry"]').isHidden(), true);
+    for (const name of ["created", "completed"]) {
+      const time = item.locator(`time[data-field="${name}"]`);
+      assert.match(await time.innerText(), /^(just now|\d+ s ago)$/);
+      const at = Date.parse(await time.getAttribute("datetime"));
+      assert.ok(Math.abs(Date.now() - at) < 60_000, `${name} is now`);
+      assert.match(await time.getAttribute("title"), new RegExp(String(new Date().getFullYear())), "exact time on hover");
+    }
+    assert.match(await item.locator('[data-field="elapsed"]').innerText(), /^after \d+ s$/);
+
+    // Twelve lines show as three until expanded, by mouse or keyboard.
+    const shown = item.locator('[data-field="prompt"]');
+    const toggle = item.getByRole("button", { name: "Show the whole prompt" });
+    const height = () => shown.evaluate((element) => element.getBoundingClientRect().height);
+    const clamped = await height();
+    const lineHeight = await shown.evaluate((element) => parseFloat(getComputedStyle(element).lineHeight));
+    assert.ok(clamped <= lineHeight * 3.5, `clamped to three lines: ${clamped}px`);
+    assert.equal(await toggle.getAttribute("aria-expanded"), "false");
+    assert.equal(await toggle.getAttribute("aria-controls"), await shown.getAttribute("id"));
+    await toggle.focus();
+    await page.keyboard.press("Enter");
+    const less = item.getByRole("button", { name: "Show less" });
+    assert.equal(await less.getAttribute("aria-expanded"), "true");
+    assert.ok((await height()) >= lineHeight * 11.5, "all twelve lines");
+    await page.keyboard.press("Space");
+    assert.equal(await height(), clamped);
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("a 600-character word leaves no sideways scroll at 1280 and 390 px; Sign out stays on screen", async () => {
+    const { page, problems } = await openPage(stack.url, { viewport: { width: 1280, height: 900 } });
+    const email = `a-rather-long-address-${Date.now()}@example.com`;
+    await page.getByRole("button", { name: "Create an account" }).click();
+    await page.locator("#sign-up-form").getByLabel("E-mail").fill(email);
+    await page.locator("#sign-up-form").getByLabel("Password").fill("Correct-Horse-Battery-9!");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByLabel("Confirmation code").fill("1");
+    await page.getByRole("button", { name: "Confirm and sign in" }).click();
+    await page.getByRole("heading", { name: "New job" }).waitFor(WAIT);
+
+    const word = "x".repeat(640);
+    const { item } = await submitAndWait(page, word);
+    await rendered(item).filter({ hasText: "You asked" }).waitFor(WAIT);
+    await noHorizontalScroll(page);
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    await noHorizontalScroll(page);
+    const signOut = page.getByRole("button", { name: "Sign out" });
+    const box = await signOut.boundingBox();
+    assert.ok(box.x >= 0 && box.y >= 0 && box.x + box.width <= 390 && box.y + box.height <= 844, JSON.stringify(box));
+    await page.screenshot({ path: path.join(screenshots, "narrow-390.png"), fullPage: true });
+    await signOut.click();
+    await page.getByRole("heading", { name: "Sign in" }).waitFor(WAIT);
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("a blank max-tokens box is left out of the request; the counter counts characters", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await signIn(page, DEMO);
+    const promptBox = page.getByLabel("Prompt", { exact: true });
+    await promptBox.fill("  héllo 👋  ");
+    // Characters of the trimmed prompt, as the service counts them (the emoji is one).
+    assert.equal(await page.locator("#prompt-count").innerText(), "7 of 20,000 characters");
+
+    await page.getByLabel("Max tokens").fill("");
+    const { id, body, item } = await submit(page);
+    assert.equal(body.prompt, "  héllo 👋  ");
+    assert.ok(!("max_tokens" in body), JSON.stringify(body));
+    assert.ok(!("temperature" in body), JSON.stringify(body));
+    await statusIs(page, id, "succeeded");
+    assert.equal(await item.locator('[data-field="max-tokens"]').isHidden(), true);
+    assert.equal(await page.locator("#prompt-count").innerText(), "0 of 20,000 characters");
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("a failed refresh keeps the list and says the service cannot be reached", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await signIn(page, DEMO);
+    await submitAndWait(page, "keep me on screen");
+    const jobs = page.locator("li.job");
+    const count = await jobs.count();
+    assert.ok(count >= 1);
+
+    const list = (url) => new URL(url).pathname === "/jobs";
+    await page.route(list, (route) => route.abort("connectionrefused"));
+    await page.getByRole("button", { name: "Refresh" }).click();
+    const offline = page.getByRole("status").filter({ hasText: "can't be reached" });
+    await offline.waitFor(WAIT);
+    assert.equal(await jobs.count(), count, "the list is kept");
+    assert.equal(await page.locator("#notice").isHidden(), true, "one message, not two");
+
+    await page.unroute(list);
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await offline.waitFor({ state: "hidden", ...WAIT });
+    assert.equal(await jobs.count(), count);
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("a running job's text grows as the long-poll answers bring it, then it shows its usage", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await signIn(page, DEMO);
+    // The service does not stream yet: the first answers are played as a streaming service
+    // would give them, each held a moment as a long-poll is; then the real job comes through.
+    const partial = ["Once", "Once upon a time", "Once upon a time, in a **queue**"];
+    const asked = [];
+    let id;
+    await page.route("**/generate", async (route) => {
+      const response = await route.fetch();
+      id = (await response.json()).job_id;
+      await route.fulfill({ response });
+    });
+    await page.route(isJobRead, async (route) => {
+      const url = new URL(route.request().url());
+      if (!url.pathname.endsWith(`/${id}`)) return route.continue();
+      asked.push(url.search);
+      const step = asked.length - 1;
+      if (step >= partial.length) return route.continue();
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      const now = new Date().toISOString();
+      await route.fulfill({
+        json: {
+          job_id: url.pathname.split("/").pop(),
+          status: "running",
+          model: "amazon.nova-micro-v1:0",
+          prompt: "tell me a story",
+          created_at: now,
+          updated_at: now,
+          seq: 101 + step,
+          attempts: 1,
+          output: partial[step],
+        },
+      });
+    });
+    await page.getByLabel("Prompt", { exact: true }).fill("tell me a story");
+    const { item } = await submit(page);
+    await rendered(item).filter({ hasText: "Once" }).waitFor(WAIT);
+    assert.equal((await rendered(item).innerText()).trim(), "Once");
+    assert.equal(await item.getAttribute("data-status"), "running");
+    assert.equal(await item.locator("summary").innerText(), "Output so far");
+    await rendered(item).locator("strong", { hasText: "queue" }).waitFor(WAIT);
+    assert.equal(await item.getAttribute("data-status"), "running");
+    await statusIs(page, id, "succeeded");
+    assert.match(await rendered(item).innerText(), /You asked: tell me a story/);
+    assert.match(await item.locator('[data-field="usage"]').innerText(), /tokens in, \d+ out/);
+    // One loop: the first ask learns seq, each next one waits for a change past it.
+    assert.deepEqual(asked.slice(0, 4), ["", "?wait=20&after=101", "?wait=20&after=102", "?wait=20&after=103"]);
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("Cognito's refusals read as sentences, and the password rules tick while typing", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await page.getByRole("button", { name: "Create an account" }).click();
+    const form = page.locator("#sign-up-form");
+    const password = form.getByLabel("Password");
+    const met = () =>
+      form.locator("#password-rules li").evaluateAll((items) =>
+        Object.fromEntries(items.map((item) => [item.dataset.rule, item.dataset.met === "true"])),
+      );
+    const steps = [
+      ["a", { length: false, lower: true, upper: false, digit: false, symbol: false }],
+      ["aB", { length: false, lower: true, upper: true, digit: false, symbol: false }],
+      ["aB3", { length: false, lower: true, upper: true, digit: true, symbol: false }],
+      ["aB3!", { length: false, lower: true, upper: true, digit: true, symbol: true }],
+      ["aB3!aB3!aB3!", { length: true, lower: true, upper: true, digit: true, symbol: true }],
+    ];
+    for (const [typed, expected] of steps) {
+      await password.fill(typed);
+      assert.deepEqual(await met(), expected, typed);
+    }
+    assert.match(await form.locator('[data-rule="length"]').innerText(), /^Done: at least 12 characters$/);
+
+    const sentences = [];
+    const attempt = async (email, secret, type) => {
+      await form.getByLabel("E-mail").fill(email);
+      await password.fill(secret);
+      const answer = page.waitForResponse((r) => r.url().endsWith("/cognito"));
+      await form.getByRole("button", { name: "Create account" }).click();
+      assert.equal((await (await answer).json()).__type, type, "refused by the local Cognito");
+      const alert = page.getByRole("alert");
+      await alert.waitFor(WAIT);
+      const text = await alert.innerText();
+      sentences.push(text);
+      return text;
+    };
+    assert.equal(
+      await attempt(`weak-${Date.now()}@example.com`, "weakpass", "InvalidPasswordException"),
+      "This password is not strong enough: it needs at least 12 characters, an upper-case letter, a digit and a symbol.",
+    );
+    assert.equal(
+      await attempt("not-an-email", "Correct-Horse-Battery-9!", "InvalidParameterException"),
+      "Enter your e-mail address, such as name@example.com.",
+    );
+    for (const sentence of sentences) {
+      assert.doesNotMatch(sentence, /`|confirm to|policy|Username should|Exception/, sentence);
+      assert.match(sentence, /^[A-Z].*\.$/, "a sentence");
+    }
+    assert.deepEqual(await problems(), []);
+  });
+
+  test("dark mode follows the system's colour scheme", async () => {
+    const { page, problems } = await openPage(stack.url);
+    const background = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const brightness = (rgb) => rgb.match(/\d+/g).slice(0, 3).reduce((sum, n) => sum + Number(n), 0) / 3;
+    await page.emulateMedia({ colorScheme: "light" });
+    const light = await background();
+    await page.emulateMedia({ colorScheme: "dark" });
+    const dark = await background();
+    assert.ok(brightness(light) > 200, light);
+    assert.ok(brightness(dark) < 60, dark);
+    const text = await page.evaluate(() => getComputedStyle(document.body).color);
+    assert.ok(brightness(text) > 180, `light text on dark: ${text}`);
+    await signIn(page, DEMO);
+    await submitAndWait(page, "Dark\n\n# Heading\n\n```\ncode\n```");
+    await page.screenshot({ path: path.join(screenshots, "dark.png"), fullPage: true });
+    assert.deepEqual(await problems(), []);
   });
 
   test("a wrong password and a bad request are explained in sentences", async () => {
@@ -228,7 +693,44 @@ describe("web UI with a failing model", () => {
     assert.match(await error.innerText(), /^Failed: The request was refused/);
     assert.equal(await item.locator('[data-field="output-box"]').isHidden(), true);
     await page.screenshot({ path: path.join(screenshots, "job-failed.png"), fullPage: true });
-    assert.deepEqual(problems, []);
+    assert.deepEqual(await problems(), []);
+  });
+});
+
+describe("web UI with a throttled model", () => {
+  let stack;
+  before(async () => {
+    stack = await startStack(["--throttle-rate", "1"]);
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  test("a job waiting to try the model again says which attempt it is on", async () => {
+    // Every model call is throttled: attempt 1, then 2 (after 2 s), then 3 (4 s later), then
+    // the job fails. config.json does not say maxAttempts yet: one page adds it.
+    const [withLimit, without] = await Promise.all([openPage(stack.url), openPage(stack.url)]);
+    await withLimit.page.route("**/config.json", async (route) => {
+      const response = await route.fetch();
+      await route.fulfill({ response, json: { ...(await response.json()), maxAttempts: 3 } });
+    });
+    await withLimit.page.reload();
+    const follow = async ({ page, problems }, expected) => {
+      await signIn(page, DEMO);
+      await page.getByLabel("Prompt", { exact: true }).fill("try and try again");
+      const { id, item } = await submit(page);
+      const retry = item.locator('[data-field="retry"]');
+      await retry.filter({ hasText: expected }).waitFor(WAIT);
+      assert.equal(await retry.innerText(), expected);
+      await statusIs(page, id, "failed");
+      assert.equal(await retry.isHidden(), true, "a finished job is not retrying");
+      assert.match(await item.locator('[data-field="error"]').innerText(), /^Failed: /);
+      assert.deepEqual(await problems(), []);
+    };
+    await Promise.all([
+      follow(withLimit, "retrying: attempt 2 of 3"),
+      follow(without, "retrying: attempt 2"),
+    ]);
   });
 });
 
@@ -239,6 +741,22 @@ describe("web UI with a slow model", () => {
   });
   after(async () => {
     await stack?.stop();
+  });
+
+  test("a running job is followed without asking in a tight loop", async () => {
+    const { page, problems } = await openPage(stack.url);
+    await signIn(page, DEMO);
+    const asked = [];
+    page.on("request", (request) => {
+      if (isJobRead(request.url())) asked.push(new URL(request.url()).search);
+    });
+    const { item } = await submitAndWait(page, "slowly, please");
+    assert.equal(await item.getAttribute("data-status"), "succeeded");
+    // This service answers at once (no long-poll yet): the loop backs off, 1 s growing.
+    assert.ok(asked.length >= 2 && asked.length <= 8, `${asked.length} reads in about 5 s: ${asked}`);
+    assert.equal(asked[0], "");
+    for (const search of asked.slice(1)) assert.match(search, /^\?wait=20&after=\d+$/);
+    assert.deepEqual(await problems(), []);
   });
 
   test("Stop cancels a running job, which then shows no output", async () => {
@@ -262,6 +780,56 @@ describe("web UI with a slow model", () => {
     await page.reload();
     await page.locator("li.job").first().waitFor(WAIT);
     assert.equal(await page.locator("li.job").first().getAttribute("data-status"), "cancelled");
-    assert.deepEqual(problems, []);
+    assert.deepEqual(await problems(), []);
+  });
+});
+
+describe("web UI across a restart of the local stack", () => {
+  let stack;
+  after(async () => {
+    await stack?.stop();
+  });
+
+  test("pages from before the restart say so in a sentence, and signing in again works", async () => {
+    stack = await startStack();
+    const { port } = stack;
+    const signedIn = await openPage(stack.url);
+    await signIn(signedIn.page, DEMO);
+    const toReload = await openPage(stack.url);
+    await signIn(toReload.page, DEMO);
+    const signedOut = await openPage(stack.url);
+    const oldConfig = await (await fetch(`${stack.url}/config.json`)).json();
+
+    // A new stack on the same port: new user pool, new app client, the demo user anew.
+    await stack.stop();
+    stack = await startStack([], { port });
+    const newConfig = await (await fetch(`${stack.url}/config.json`)).json();
+    assert.notEqual(newConfig.userPoolClientId, oldConfig.userPoolClientId);
+
+    const notice = (page) => page.locator("#notice");
+    // Signed in: the next call finds its token refused, and the page finds out why.
+    await signedIn.page.getByRole("button", { name: "Refresh" }).click();
+    await signedIn.page.getByRole("heading", { name: "Sign in" }).waitFor(WAIT);
+    assert.equal(await notice(signedIn.page).innerText(), RESTARTED);
+    await signIn(signedIn.page, DEMO);
+
+    // Reloaded: the stored session belongs to the old app client.
+    await toReload.page.reload();
+    await toReload.page.getByRole("heading", { name: "Sign in" }).waitFor(WAIT);
+    await notice(toReload.page).filter({ hasText: RESTARTED }).waitFor(WAIT);
+    await signIn(toReload.page, DEMO);
+
+    // Signed out, on the old sign-in form: Cognito answers with the bare client id.
+    const form = signedOut.page.locator("#sign-in-form");
+    await form.getByLabel("E-mail").fill(DEMO.email);
+    await form.getByLabel("Password").fill(DEMO.password);
+    await form.getByRole("button", { name: "Sign in" }).click();
+    await notice(signedOut.page).filter({ hasText: RESTARTED }).waitFor(WAIT);
+    assert.doesNotMatch(await notice(signedOut.page).innerText(), new RegExp(oldConfig.userPoolClientId));
+    await signedOut.page.screenshot({ path: path.join(screenshots, "restarted.png") });
+    await form.getByRole("button", { name: "Sign in" }).click();
+    await signedOut.page.getByRole("heading", { name: "New job" }).waitFor(WAIT);
+
+    for (const { problems } of [signedIn, toReload, signedOut]) assert.deepEqual(await problems(), []);
   });
 });
