@@ -59,6 +59,12 @@ impl Env {
         }
     }
 
+    /// `MAX_ATTEMPTS`: the model calls a job may have; the worker's limit, which recovery
+    /// shares.
+    pub fn max_attempts(&self) -> Result<u32, ConfigError> {
+        self.positive("MAX_ATTEMPTS", 3)
+    }
+
     /// `ALLOWED_ORIGIN`: the CORS origin, `*` when unset (local runs).
     pub fn allowed_origin(&self) -> String {
         self.optional("ALLOWED_ORIGIN")

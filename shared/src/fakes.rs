@@ -501,13 +501,7 @@ mod tests {
     };
 
     fn job(owner: &str, created_at: DateTime<Utc>) -> Job {
-        let request = GenerateRequest {
-            prompt: "hi".into(),
-            model: "m".into(),
-            max_tokens: 1,
-            temperature: None,
-            system: None,
-        };
+        let request = GenerateRequest::new("hi", "m", 1);
         Job::queued(Owner::new(owner), request, None, created_at, Span::days(1))
     }
 

@@ -40,13 +40,7 @@ mod tests {
     use crate::fakes::InMemoryJobStore;
 
     fn job() -> Job {
-        let request = GenerateRequest {
-            prompt: "hi".into(),
-            model: "m".into(),
-            max_tokens: 1,
-            temperature: None,
-            system: None,
-        };
+        let request = GenerateRequest::new("hi", "m", 1);
         let now: DateTime<Utc> = Utc::now();
         Job::queued(
             Owner::new("o"),

@@ -14,13 +14,7 @@ fn at() -> DateTime<Utc> {
 }
 
 fn job(status: JobStatus, attempts: u32, lease: Option<Lease>) -> Job {
-    let request = GenerateRequest {
-        prompt: "hi".into(),
-        model: "m".into(),
-        max_tokens: 1,
-        temperature: None,
-        system: None,
-    };
+    let request = GenerateRequest::new("hi", "m", 1);
     let created = at() - Duration::minutes(1);
     let mut job = Job::queued(Owner::new("o"), request, None, created, Duration::days(1));
     job.status = status;

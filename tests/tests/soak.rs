@@ -280,13 +280,7 @@ async fn submit(stack: &Stack, seed: u64, index: usize) -> (JobId, String, Submi
     let prompt = format!("soak job {index}");
     let mut rng = draw(seed, ("submit", index));
     if rng.f64() < NEVER_ENQUEUED_RATE {
-        let request = GenerateRequest {
-            prompt,
-            model: DEFAULT_MODEL.into(),
-            max_tokens: 64,
-            temperature: None,
-            system: None,
-        };
+        let request = GenerateRequest::new(prompt, DEFAULT_MODEL, 64);
         let job = Job::queued(
             Owner::new(&owner),
             request,

@@ -66,7 +66,7 @@ impl Settings {
     /// same way.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            max_attempts: env.positive("MAX_ATTEMPTS", 3)?,
+            max_attempts: env.max_attempts()?,
             recover_after: Duration::from_secs(env.positive("RECOVER_AFTER_SECONDS", 900)?),
             sweep_limit: env.positive("SWEEP_LIMIT", 1000)?,
         })

@@ -78,13 +78,7 @@ enum State {
 
 /// A job in `state`, with `attempts` model calls, last changed `idle` ago.
 fn job(state: State, attempts: u32, idle: Duration) -> Job {
-    let request = GenerateRequest {
-        prompt: "Say hi".into(),
-        model: "amazon.nova-micro-v1:0".into(),
-        max_tokens: 64,
-        temperature: None,
-        system: None,
-    };
+    let request = GenerateRequest::new("Say hi", "amazon.nova-micro-v1:0", 64);
     let changed = now() - chrono::Duration::from_std(idle).unwrap();
     let mut job = Job::queued(
         Owner::new("user-a"),

@@ -61,7 +61,7 @@ impl Settings {
     /// stack reads them the same way.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            max_attempts: env.positive("MAX_ATTEMPTS", 3)?,
+            max_attempts: env.max_attempts()?,
             write_reserve: Duration::from_secs(5),
             retry_base: Duration::from_secs(env.positive("RETRY_BASE_SECONDS", 2)?),
             retry_cap: Duration::from_secs(env.positive("RETRY_MAX_SECONDS", 60)?),

@@ -120,11 +120,9 @@ fn message(job_id: JobId, id: &str, receive_count: u32) -> SqsMessage {
 
 fn queued_job() -> Job {
     let request = GenerateRequest {
-        prompt: "Say hi".into(),
-        model: "amazon.nova-micro-v1:0".into(),
-        max_tokens: 64,
         temperature: Some(0.5),
         system: Some("Be brief.".into()),
+        ..GenerateRequest::new("Say hi", "amazon.nova-micro-v1:0", 64)
     };
     let created = Utc::now() - chrono::Duration::minutes(1);
     let mut job = Job::queued(

@@ -527,11 +527,9 @@ mod tests {
 
     fn job() -> Job {
         let request = GenerateRequest {
-            prompt: "hi".into(),
-            model: "m".into(),
-            max_tokens: 64,
             temperature: Some(0.2),
             system: Some("be brief".into()),
+            ..GenerateRequest::new("hi", "m", 64)
         };
         let key = IdempotencyKey::parse("k-1").ok();
         let now = parse_timestamp("2026-11-22T10:00:00.123Z").unwrap();

@@ -538,13 +538,7 @@ mod tests {
     }
 
     fn job_in(status: JobStatus, lease: Option<Lease>) -> Job {
-        let request = GenerateRequest {
-            prompt: "hi".into(),
-            model: "m".into(),
-            max_tokens: 1,
-            temperature: None,
-            system: None,
-        };
+        let request = GenerateRequest::new("hi", "m", 1);
         let now = DateTime::from_timestamp(1_795_860_000, 0).unwrap();
         let mut job = Job::queued(Owner::new("o"), request, None, now, Duration::days(1));
         job.status = status;

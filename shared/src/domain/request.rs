@@ -31,6 +31,17 @@ pub struct GenerateRequest {
 }
 
 impl GenerateRequest {
+    /// A request for `prompt` to `model`, without a system prompt or a temperature.
+    pub fn new(prompt: impl Into<String>, model: impl Into<String>, max_tokens: u32) -> Self {
+        Self {
+            prompt: prompt.into(),
+            model: model.into(),
+            max_tokens,
+            temperature: None,
+            system: None,
+        }
+    }
+
     /// Parses and validates a request body. Every error names the field it is about.
     pub fn from_json(body: &str, limits: &Limits) -> Result<Self, RequestError> {
         let value: Value = serde_json::from_str(body).map_err(|error| {

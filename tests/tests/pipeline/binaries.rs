@@ -223,13 +223,8 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
         &integration_tests::sdk_config(aws_url).await,
         "bedrock-jobs-jobs",
     );
-    let request = pipeline::domain::GenerateRequest {
-        prompt: "Left behind".into(),
-        model: integration_tests::DEFAULT_MODEL.into(),
-        max_tokens: 32,
-        temperature: None,
-        system: None,
-    };
+    let request =
+        pipeline::domain::GenerateRequest::new("Left behind", integration_tests::DEFAULT_MODEL, 32);
     let stranded = pipeline::domain::Job::queued(
         pipeline::domain::Owner::new("nobody"),
         request,

@@ -279,13 +279,7 @@ async fn an_idempotent_repeat_enqueues_a_job_that_was_never_enqueued() {
     let stack = Stack::new().await;
     // The record exactly as the api writes it, and then the process died: no message.
     let key = pipeline::domain::IdempotencyKey::parse("retry-1").unwrap();
-    let request = pipeline::domain::GenerateRequest {
-        prompt: "are you there".into(),
-        model: DEFAULT_MODEL.into(),
-        max_tokens: 64,
-        temperature: None,
-        system: None,
-    };
+    let request = pipeline::domain::GenerateRequest::new("are you there", DEFAULT_MODEL, 64);
     let owner = pipeline::domain::Owner::new("user-a");
     let written = chrono::Utc::now() - api::ENQUEUE_GRACE - chrono::Duration::seconds(1);
     let job = pipeline::domain::Job::queued(

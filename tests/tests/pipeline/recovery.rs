@@ -18,13 +18,7 @@ const RECOVER_AFTER: Duration = Duration::from_secs(60);
 /// A job as the api writes it, `age` ago, whose message was never sent (the api died
 /// between the write and the send).
 async fn written_but_never_sent(stack: &Stack, age: chrono::Duration) -> Job {
-    let request = GenerateRequest {
-        prompt: "left behind".into(),
-        model: DEFAULT_MODEL.into(),
-        max_tokens: 64,
-        temperature: None,
-        system: None,
-    };
+    let request = GenerateRequest::new("left behind", DEFAULT_MODEL, 64);
     let job = Job::queued(
         Owner::new("user-a"),
         request,

@@ -22,13 +22,7 @@ fn sample<T: DeserializeOwned>(name: &str) -> T {
 
 /// Puts a queued job with this id in the table, as the api would have.
 async fn seed(stack: &Stack, id: &str) {
-    let request = GenerateRequest {
-        prompt: "Write a haiku about queues.".into(),
-        model: DEFAULT_MODEL.into(),
-        max_tokens: 256,
-        temperature: None,
-        system: None,
-    };
+    let request = GenerateRequest::new("Write a haiku about queues.", DEFAULT_MODEL, 256);
     let mut job = Job::queued(
         Owner::new(SAMPLE_OWNER),
         request,
