@@ -35,6 +35,8 @@ def web_config(out, region):
         "models": out["AllowedModelIds"].split(","),
         "defaultModel": out["ModelId"],
         "maxOutputTokens": int(out["MaxOutputTokens"]),
+        "maxPromptChars": int(out["MaxPromptChars"]),
+        "maxAttempts": int(out["MaxAttempts"]),
     }
 
 

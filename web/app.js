@@ -148,9 +148,21 @@ function cognitoSentence(type, message, body) {
 // ---------------------------------------------------------------------------------------
 
 async function fetchConfig() {
-  const response = await fetch("config.json", { cache: "no-store" });
-  if (!response.ok) throw new Error(`config.json: ${response.status}`);
-  return response.json();
+  let response;
+  try {
+    response = await fetch("config.json", { cache: "no-store" });
+  } catch {
+    throw new ServiceError(0, "network", "The service can't be reached right now. Reload this page once it is running.");
+  }
+  const loaded = response.ok ? await response.json().catch(() => null) : null;
+  if (!loaded) {
+    throw new ServiceError(
+      response.status,
+      "no_config",
+      "This page has no configuration (config.json). Deploy with scripts/deploy.sh, or run the local stack.",
+    );
+  }
+  return loaded;
 }
 
 function applyConfig(next) {
@@ -286,9 +298,7 @@ async function renewTokens() {
 
 function endSession(message) {
   forgetSession();
-  for (const entry of jobs.values()) unfollow(entry);
-  jobs.clear();
-  $("jobs").replaceChildren();
+  for (const entry of [...jobs.values()]) dropEntry(entry);
   setUnreachable(false);
   showAuth("sign-in");
   if (message) notify(message, "info");
@@ -483,6 +493,7 @@ function newEntry(jobId) {
   const element = $("job-template").content.firstElementChild.cloneNode(true);
   element.dataset.jobId = jobId;
   const entry = {
+    id: jobId,
     job: {},
     element,
     follow: null, // the AbortController of the long-poll loop, while there is one
@@ -497,6 +508,14 @@ function newEntry(jobId) {
   clampWatcher.observe(prompt);
   wireJob(entry);
   return entry;
+}
+
+/// Forgets a job: its loop, its watcher and its element.
+function dropEntry(entry) {
+  unfollow(entry);
+  clampWatcher.unobserve(field(entry.element, "prompt"));
+  entry.element.remove();
+  jobs.delete(entry.id);
 }
 
 function wireJob(entry) {
@@ -525,12 +544,7 @@ function wireJob(entry) {
 
   // A list entry carries no output: it is read when someone opens it.
   const box = field(element, "output-box");
-  box.addEventListener("toggle", () => {
-    if (box.open && entry.job.output === undefined && entry.job.status === "succeeded") {
-      setText(field(element, "markdown"), "Loading…");
-      loadDetail(entry);
-    }
-  });
+  box.addEventListener("toggle", () => fetchOutput(entry));
 
   const raw = field(element, "raw-toggle");
   raw.addEventListener("click", () => showRaw(entry, raw.getAttribute("aria-pressed") !== "true"));
@@ -576,7 +590,7 @@ function retryText(job) {
 function elapsedText(job, now) {
   if (!job.created_at) return "";
   const start = Date.parse(job.created_at);
-  if (job.completed_at) return `after ${duration(Date.parse(job.completed_at) - start)}`;
+  if (job.completed_at) return `took ${duration(Date.parse(job.completed_at) - start)}`;
   if (TERMINAL.has(job.status)) return "";
   return `${job.status === "running" ? "running for" : "waiting"} ${duration(now - start)}`;
 }
@@ -601,28 +615,53 @@ function showSettings({ job, element }) {
   setText(field(element, "system"), job.system ?? "");
 }
 
+/// Reads the output of a succeeded job whose box is open but whose text is not here (list
+/// entries carry none).
+function fetchOutput(entry) {
+  const box = field(entry.element, "output-box");
+  const { job } = entry;
+  if (!box.open || job.output !== undefined || job.status !== "succeeded" || entry.loading) return;
+  entry.loading = true;
+  setText(field(entry.element, "markdown"), "Loading…");
+  loadDetail(entry).finally(() => {
+    entry.loading = false;
+  });
+}
+
 function showOutput(entry) {
   const { job, element } = entry;
   const running = !TERMINAL.has(job.status);
   const box = field(element, "output-box");
   box.hidden = !(job.status === "succeeded" || (running && job.output));
   setText(field(element, "output-title"), running ? "Output so far" : "Output");
-  if (job.output === undefined || job.output === entry.shownOutput) return;
-  entry.shownOutput = job.output;
-  field(element, "output").textContent = job.output;
-  showMarkdown(field(element, "markdown"), job.output);
-  if (entry.submitted && !entry.opened && job.output) {
+  // A job submitted here opens its output by itself, once, as soon as there is some.
+  if (entry.submitted && !entry.opened && !box.hidden) {
     entry.opened = true;
     box.open = true;
   }
+  if (job.output === undefined) {
+    fetchOutput(entry);
+    return;
+  }
+  if (job.output === entry.shownOutput) return;
+  entry.shownOutput = job.output;
+  field(element, "output").textContent = job.output;
+  showMarkdown(field(element, "markdown"), job.output);
 }
 
 function render(job) {
   const entry = jobs.get(job.job_id) ?? newEntry(job.job_id);
-  const before = entry.job.status;
-  // A list entry carries no output, and the service may not repeat the settings a job was
-  // submitted with: keep what we already know.
-  entry.job = { ...entry.job, ...job };
+  const before = entry.job;
+  // Answers can cross (a list read begun before the last long-poll answer): seq grows with
+  // every change, so an older record never replaces a newer one.
+  if (job.seq !== undefined && before.seq !== undefined && job.seq < before.seq) return entry;
+  // A list entry carries no output, and an older service does not repeat the settings a job
+  // was submitted with: keep what we already know. But text read while the job was running
+  // is not its final output: a list entry saying it has finished makes it be read again.
+  entry.job = { ...before, ...job };
+  if (!("output" in job) && TERMINAL.has(job.status) && !TERMINAL.has(before.status)) {
+    delete entry.job.output;
+  }
   const { element, job: current } = entry;
 
   const status = field(element, "status");
@@ -650,7 +689,9 @@ function render(job) {
   setText(error, current.error ? plain(`Failed: ${current.error.message}`) : "");
   showOutput(entry);
 
-  if (before && before !== current.status) announce(`A job ${current.status}: ${shortPrompt(current)}`);
+  if (before.status && before.status !== current.status) {
+    announce(`A job ${current.status}: ${shortPrompt(current)}`);
+  }
   if (TERMINAL.has(current.status)) unfollow(entry);
   return entry;
 }
@@ -715,7 +756,7 @@ function unfollow(entry) {
 /// does not hold requests answers at once with the same seq; then the loop pauses, 1 s
 /// growing to 5 s, rather than ask again in a tight loop.
 async function followJob(entry, signal) {
-  const path = `/jobs/${encodeURIComponent(entry.job.job_id)}`;
+  const path = `/jobs/${encodeURIComponent(entry.id)}`;
   let pause = 0;
   let quietPause = FIRST_PAUSE_MS;
   let failures = 0;
@@ -729,6 +770,8 @@ async function followJob(entry, signal) {
     let job;
     try {
       job = await withSlot(() => api("GET", path + query, { signal }));
+      // Stopped while the answer was on its way (a list entry said the job finished).
+      if (signal.aborted) return;
     } catch (error) {
       if (signal.aborted || error.status === 401 || error.status === 404) return;
       failures += 1;
@@ -770,12 +813,9 @@ function showPage(page, { first }) {
     const listed = new Set(page.jobs.map((job) => job.job_id));
     // Jobs submitted here that the list does not have yet (its index catches up a moment
     // later when deployed) stay on top.
-    const mine = [...jobs.values()].filter((entry) => entry.submitted && !listed.has(entry.job.job_id));
-    for (const [id, entry] of jobs) {
-      if (!listed.has(id) && !entry.submitted) {
-        unfollow(entry);
-        jobs.delete(id);
-      }
+    const mine = [...jobs.values()].filter((entry) => entry.submitted && !listed.has(entry.id));
+    for (const entry of [...jobs.values()]) {
+      if (!listed.has(entry.id) && !entry.submitted) dropEntry(entry);
     }
     $("jobs").replaceChildren(...mine.map((entry) => entry.element), ...elements);
   } else {
@@ -1034,8 +1074,8 @@ async function start() {
   purify = setUpPurifier();
   try {
     applyConfig(await fetchConfig());
-  } catch {
-    notify("This page has no configuration (config.json). Deploy with scripts/deploy.sh, or run the local stack.");
+  } catch (error) {
+    notify(error.message);
     return;
   }
   wire();

@@ -158,6 +158,9 @@ impl Drop for ConverseServer {
     }
 }
 
+/// The longest the offline model takes to write an answer.
+pub const OFFLINE_STREAM_AT_MOST: Duration = Duration::from_secs(5);
+
 /// A piece of an answer as a backend produces it.
 #[derive(Clone, Debug, PartialEq)]
 enum Piece {
@@ -465,13 +468,17 @@ async fn answer(
 }
 
 /// The offline model's answer word by word, `words_per_second` (0: all at once, at full
-/// speed).
+/// speed), faster for a long answer: it never takes more than [`OFFLINE_STREAM_AT_MOST`], so
+/// that an echoed long prompt stays well within a local worker invocation.
 async fn stream_offline(
     reply: Reply,
     words_per_second: f64,
     sender: mpsc::Sender<Result<Piece, Failure>>,
 ) {
-    let pause = (words_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / words_per_second));
+    let words = reply.text.split_inclusive(' ').count().max(1) as f64;
+    let pause = (words_per_second > 0.0).then(|| {
+        Duration::from_secs_f64(1.0 / words_per_second).min(OFFLINE_STREAM_AT_MOST.div_f64(words))
+    });
     for word in reply.text.split_inclusive(' ') {
         if let Some(pause) = pause {
             tokio::time::sleep(pause).await;

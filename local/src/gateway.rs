@@ -53,7 +53,7 @@ pub const COGNITO_ACTIONS: [&str; 8] = [
 
 /// The web UI's Content Security Policy, sent as a header (a `<meta>` tag cannot say
 /// `frame-ancestors`); `web/index.html` carries the same policy for where no header is set.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' https://*.amazonaws.com http://127.0.0.1:* http://localhost:*; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self' https://*.amazonaws.com http://127.0.0.1:* http://localhost:*; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The largest Cognito call forwarded.
 const MAX_COGNITO_BODY: usize = 64 * 1024;

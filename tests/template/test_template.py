@@ -587,3 +587,16 @@ def test_the_outputs_hold_what_the_web_ui_and_the_deploy_script_need(source):
     script = (ROOT / "scripts" / "stack.py").read_text()
     for used in set(re.findall(r'out\["(\w+)"\]', script)):
         assert used in outputs, f"scripts/stack.py reads output {used}, which the template lacks"
+
+
+def test_the_deployed_web_config_has_the_keys_the_local_one_has():
+    # The web UI reads one config.json shape: what scripts/stack.py writes when deploying
+    # must carry every key the local stack serves (but its "local" marker).
+    def keys(source, function, end):
+        body = source.split(function, 1)[1].split(end, 1)[0]
+        return set(re.findall(r'"(\w+)":', body))
+
+    deployed = keys((ROOT / "scripts" / "stack.py").read_text(), "def web_config", "\n\n\n")
+    local = keys((ROOT / "local" / "src" / "main.rs").read_text(), "fn web_config", "\n}\n")
+    assert "maxAttempts" in local and "maxPromptChars" in local
+    assert deployed == local - {"local"}
