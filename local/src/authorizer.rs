@@ -6,13 +6,13 @@
 //! itself, so the issuer and the JWKS address are configured separately.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 
 /// Why a request was refused (401). The caller only ever sees "unauthorized"; this is for
 /// the log.
@@ -53,6 +53,7 @@ pub struct JwtAuthorizer {
     jwks_url: String,
     http: reqwest::Client,
     keys: RwLock<Option<JwkSet>>,
+    /// When the JWKS was last fetched; held while a fetch is under way.
     last_fetch: Mutex<Option<Instant>>,
     refetch_interval: Duration,
     clock: Clock,
@@ -146,13 +147,16 @@ impl JwtAuthorizer {
         if let Some(key) = self.cached_key(kid).await? {
             return Ok(key);
         }
-        {
-            let mut last_fetch = self.last_fetch.lock().expect("never poisoned");
-            if last_fetch.is_some_and(|at| at.elapsed() < self.refetch_interval) {
-                return Err(Rejection::UnknownKey(kid.to_owned()));
-            }
-            *last_fetch = Some(Instant::now());
+        // Held through the fetch: requests that miss the key meanwhile wait for this fetch
+        // instead of being refused as if it had found nothing.
+        let mut last_fetch = self.last_fetch.lock().await;
+        if let Some(key) = self.cached_key(kid).await? {
+            return Ok(key);
         }
+        if last_fetch.is_some_and(|at| at.elapsed() < self.refetch_interval) {
+            return Err(Rejection::UnknownKey(kid.to_owned()));
+        }
+        *last_fetch = Some(Instant::now());
         let keys: JwkSet = self
             .http
             .get(&self.jwks_url)

@@ -35,6 +35,26 @@ pub enum MotoError {
     },
 }
 
+/// See `local/moto/sitecustomize.py`: it makes moto's DynamoDB atomic, as DynamoDB is.
+const SITECUSTOMIZE: &str = include_str!("../moto/sitecustomize.py");
+
+/// A folder holding the patch as `sitecustomize.py`, ahead of any `PYTHONPATH` already set.
+fn atomic_dynamodb_patch(port: u16) -> Result<std::ffi::OsString, MotoError> {
+    let folder = std::env::temp_dir().join(format!("moto-{port}-site"));
+    std::fs::create_dir_all(&folder)
+        .and_then(|()| std::fs::write(folder.join("sitecustomize.py"), SITECUSTOMIZE))
+        .map_err(|source| MotoError::Spawn {
+            binary: "moto_server".into(),
+            source,
+        })?;
+    let existing = std::env::var_os("PYTHONPATH").unwrap_or_default();
+    let paths = std::iter::once(folder).chain(std::env::split_paths(&existing));
+    std::env::join_paths(paths).map_err(|error| MotoError::Spawn {
+        binary: "moto_server".into(),
+        source: std::io::Error::other(error),
+    })
+}
+
 impl Moto {
     /// `moto_server` from `<workspace>/.venv`, else from `PATH`.
     pub fn find_binary(workspace: &Path) -> PathBuf {
@@ -56,6 +76,7 @@ impl Moto {
             })?
             .port();
         let log = std::env::temp_dir().join(format!("moto-{port}.log"));
+        let python_path = atomic_dynamodb_patch(port)?;
         let wrapper = format!(
             r#""$0" -H 127.0.0.1 -p {port} >"$1" 2>&1 & pid=$!; trap 'kill $pid; wait $pid' EXIT; read -r _"#
         );
@@ -63,6 +84,7 @@ impl Moto {
             .args(["-c", &wrapper])
             .arg(binary)
             .arg(&log)
+            .env("PYTHONPATH", python_path)
             .stdin(Stdio::piped())
             .spawn()
             .map_err(|source| MotoError::Spawn {

@@ -3,11 +3,14 @@
 `local-stack` (from `LOCAL_STACK_BIN`, else `$CARGO_TARGET_DIR/debug/local-stack`, else
 `target/debug/local-stack`) is started once for the session from the repository's root, on a
 free port of 127.0.0.1, with the template's defaults for the quota (`MAX_JOBS_PER_MINUTE=30`)
-and the revocation check (`COGNITO_REVOCATION_CHECK=true`), and stopped at the end. When a
-selected test needs jobs that stay unfinished for a while (cancellation), a second stack whose
-model answers after `SLOW_MODEL_MS` is started alongside the first (so that both boot at
-once). Every answer a test gets through `Caller` is validated against `docs/openapi.yaml` with
-openapi-core: status, headers and body.
+and the revocation check (`COGNITO_REVOCATION_CHECK=true`), and stopped at the end. Its
+offline model writes 40 words a second (local-stack's default), so its jobs finish within a
+second. When selected tests need jobs that stay unfinished for a while, more stacks are started
+alongside the first (so that all boot at once): the slow stack, whose model answers after
+`SLOW_MODEL_MS` (cancellation, long-polls), and the streaming stack, whose model writes
+`STREAM_WORDS_PER_SECOND` words a second (text that grows while the job runs). Every answer a
+test gets through `Caller` is validated against `docs/openapi.yaml` with openapi-core: status,
+headers and body.
 """
 
 import copy
@@ -55,6 +58,10 @@ FUNCTION_SETTINGS = {
 # The slow stack's model latency: long enough that a job is reliably still running (and the
 # next one still queued, the local worker taking one batch at a time) while a test cancels it.
 SLOW_MODEL_MS = 2000
+# The streaming stack's pace: a word every 100 ms, faster than the worker flushes
+# (STREAM_FLUSH_MS, 250 by default), so that a running job's text grows over several flushes
+# of two or three words each.
+STREAM_WORDS_PER_SECOND = 10
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 30
 
@@ -156,6 +163,8 @@ class Contract:
         self.openapi = OpenAPI.from_file_path(str(path))
         # (path template, method) -> statuses seen, for the coverage test.
         self.seen: dict[tuple[str, str], set[int]] = {}
+        # (path template, method, status) -> the (lower-case) response headers seen with it.
+        self.seen_headers: dict[tuple[str, str, int], set[str]] = {}
 
     @functools.lru_cache(maxsize=None)
     def _with_operation(self, path: str, method: str, status: str, response: str) -> OpenAPI:
@@ -193,6 +202,9 @@ class Contract:
         template = self.template_of(request.path)
         if template and as_response is None:
             self.seen.setdefault((template, request.method), set()).add(response.status_code)
+            self.seen_headers.setdefault(
+                (template, request.method, response.status_code), set()
+            ).update(name.lower() for name in response.headers)
 
     def check(self, request, response, as_response: str | None = None):
         """openapi-core's response validation of one exchange (protocol objects: the
@@ -348,22 +360,36 @@ def stacks(request):
             shutil.rmtree(stack.logs, ignore_errors=True)
 
 
-SLOW_ARGS = ("--latency-ms", str(SLOW_MODEL_MS))
+# The other stacks: their name, their fixture, their arguments.
+OTHER_STACKS = {
+    # Its model's answer comes all at once, after SLOW_MODEL_MS.
+    "slow": ("slow_stack", ("--latency-ms", str(SLOW_MODEL_MS), "--words-per-second", "0")),
+    "stream": ("stream_stack", ("--words-per-second", str(STREAM_WORDS_PER_SECOND))),
+}
 
 
 @pytest.fixture(scope="session")
 def stack(request, stacks):
-    # The slow stack boots alongside when a selected test will need it.
-    if any("slow_stack" in item.fixturenames for item in request.session.items):
-        stacks("slow", SLOW_ARGS, wait=False)
+    # The other stacks boot alongside when a selected test will need them.
+    for name, (fixture, args) in OTHER_STACKS.items():
+        if any(fixture in item.fixturenames for item in request.session.items):
+            stacks(name, args, wait=False)
     return stacks("main")
 
 
 @pytest.fixture(scope="session")
 def slow_stack(stacks):
-    """A second stack whose model answers after SLOW_MODEL_MS, and as the template deploys
-    it otherwise: its jobs stay queued or running long enough to be cancelled."""
-    return stacks("slow", SLOW_ARGS)
+    """A second stack whose model answers after SLOW_MODEL_MS (all at once), and as the
+    template deploys it otherwise: its jobs stay queued or running long enough to be
+    cancelled."""
+    return stacks("slow", OTHER_STACKS["slow"][1])
+
+
+@pytest.fixture(scope="session")
+def stream_stack(stacks):
+    """A third stack whose offline model writes STREAM_WORDS_PER_SECOND words a second, and
+    as the template deploys it otherwise: a running job's output grows over several flushes."""
+    return stacks("stream", OTHER_STACKS["stream"][1])
 
 
 @pytest.fixture(scope="session")
@@ -383,14 +409,25 @@ def demo(stack, contract, demo_tokens) -> Caller:
     return Caller(stack, contract, demo_tokens["AccessToken"], DEMO_EMAIL)
 
 
-@pytest.fixture(scope="session")
-def slow_demo(slow_stack, contract) -> Caller:
-    """The demo user of the slow stack (its own user pool)."""
-    response = requests.get(f"{slow_stack.url}/config.json", timeout=REQUEST_TIMEOUT_S)
+def demo_of(stack: Stack, contract: Contract) -> Caller:
+    """The demo user of `stack` (each stack has its own user pool)."""
+    response = requests.get(f"{stack.url}/config.json", timeout=REQUEST_TIMEOUT_S)
     response.raise_for_status()
     client_id = response.json()["userPoolClientId"]
-    tokens = sign_in(slow_stack, client_id, DEMO_EMAIL, DEMO_PASSWORD)
-    return Caller(slow_stack, contract, tokens["AccessToken"], DEMO_EMAIL)
+    tokens = sign_in(stack, client_id, DEMO_EMAIL, DEMO_PASSWORD)
+    return Caller(stack, contract, tokens["AccessToken"], DEMO_EMAIL)
+
+
+@pytest.fixture(scope="session")
+def slow_demo(slow_stack, contract) -> Caller:
+    """The demo user of the slow stack."""
+    return demo_of(slow_stack, contract)
+
+
+@pytest.fixture(scope="session")
+def stream_demo(stream_stack, contract) -> Caller:
+    """The demo user of the streaming stack."""
+    return demo_of(stream_stack, contract)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
 """docs/openapi.yaml against the real local stack.
 
-First the document itself: valid OpenAPI 3.1, documenting what is built and nothing that is
-only planned, and strict enough to refuse answers that drifted from the contract. Then every
-route and every error code the local stack can produce, each answer validated against the
-document by openapi-core (conftest.Caller does that for every request): status, headers, body.
+First the document itself: valid OpenAPI 3.1, documenting what is built (and docs/contract.md
+listing none of it as planned), and strict enough to refuse answers that drifted from the
+contract. Then every route and every error code the local stack can produce, each answer
+validated against the document by openapi-core (conftest.Caller does that for every request):
+status, headers, body.
 """
 
 import base64
@@ -11,6 +12,8 @@ import json
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from urllib.parse import quote
 
 import pytest
@@ -21,7 +24,7 @@ from openapi_core.validation.request.exceptions import (
 )
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from conftest import JOBS_PER_MINUTE, cognito
+from conftest import JOBS_PER_MINUTE, ROOT, STREAM_WORDS_PER_SECOND, cognito
 
 # What the document says of a request it refuses (not a security error: the caller is fine).
 DOCUMENT_REFUSES = (ParameterValidationError, RequestBodyValidationError)
@@ -101,7 +104,7 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
         ("/generate", "options"): {204},
         ("/jobs", "get"): {200, 400, 401, 500, 503},
         ("/jobs", "options"): {204},
-        ("/jobs/{id}", "get"): {200, 401, 404, 500, 503},
+        ("/jobs/{id}", "get"): {200, 400, 401, 404, 500, 503},
         ("/jobs/{id}", "options"): {204},
         ("/jobs/{id}/cancel", "post"): {200, 401, 404, 409, 500, 503},
         ("/jobs/{id}/cancel", "options"): {204},
@@ -120,16 +123,21 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
     )
     assert every_code == set().union(*ERROR_CODES.values())
 
-    # The headers that go with some answers are required where they belong.
+    # The headers that go with some answers are required where they belong;
+    # Preference-Applied comes only with the 200 of a Prefer: wait that was honoured.
     submit = spec["paths"]["/generate"]["post"]["responses"]
     for status in ("200", "202"):
         assert resolved(spec, submit[status]["headers"]["Location"])["required"] is True
+    applied = resolved(spec, submit["200"]["headers"]["Preference-Applied"])
+    assert applied["required"] is False
+    assert "Preference-Applied" not in submit["202"]["headers"]
     rate_limited = responses["RateLimited"]["headers"]["Retry-After"]
     assert resolved(spec, rate_limited)["required"] is True
     allow = responses["MethodNotAllowed"]["headers"]["Allow"]
     assert resolved(spec, allow)["required"] is True
 
-    # Query parameters of the list, and the request body's fields.
+    # Query parameters of the list and of the long-poll, headers of the submission, and the
+    # request body's fields.
     list_parameters = {p["name"]: p for p in spec["paths"]["/jobs"]["get"]["parameters"]}
     assert set(list_parameters) == {"limit", "cursor"}
     assert {
@@ -138,6 +146,20 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
         "maximum": 100,
         "default": 20,
     }.items() <= list_parameters["limit"]["schema"].items()
+    poll_parameters = {p["name"]: p for p in spec["paths"]["/jobs/{id}"]["get"]["parameters"]}
+    assert set(poll_parameters) == {"wait", "after"}
+    assert {"in": "query", "required": False}.items() <= poll_parameters["wait"].items()
+    assert poll_parameters["wait"]["schema"] == {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 20,
+        "default": 0,
+    }
+    assert poll_parameters["after"]["schema"] == {"type": "integer", "minimum": -1, "default": -1}
+    submit_headers = {
+        resolved(spec, p)["name"] for p in spec["paths"]["/generate"]["post"]["parameters"]
+    }
+    assert submit_headers == {"Idempotency-Key", "Prefer"}
     body = spec["components"]["schemas"]["GenerateRequest"]
     assert body["additionalProperties"] is False
     assert body["required"] == ["prompt"]
@@ -147,11 +169,16 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
     key = spec["components"]["parameters"]["IdempotencyKey"]["schema"]
     assert (key["minLength"], key["maxLength"]) == (1, 128)
 
-    # The job's lifecycle: the cancelled status, and seq and attempts on every job object.
+    # The job's lifecycle: the cancelled status, seq, attempts and the request's settings on
+    # every job object; output on the job, never on a list entry.
     schemas = spec["components"]["schemas"]
     assert schemas["JobStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled"]
     for name in ("Job", "JobSummary"):
-        assert {"seq", "attempts"} <= set(schemas[name]["required"]), name
+        assert {"seq", "attempts", "max_tokens"} <= set(schemas[name]["required"]), name
+        assert {"system", "temperature"} <= set(schemas[name]["properties"]), name
+        assert not {"system", "temperature"} & set(schemas[name]["required"]), name
+    assert "output" in schemas["Job"]["properties"]
+    assert "output" not in schemas["JobSummary"]["properties"]
     assert set(schemas["JobError"]["properties"]["code"]["enum"]) == {
         "enqueue_failed",
         "model_unavailable",
@@ -164,18 +191,25 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
     assert "ApiAuth=iam" in schemes["iamSigV4"]["description"]
 
 
-def test_the_document_holds_nothing_that_is_only_planned(contract):
-    """Long-poll (wait, after), Prefer: wait and streaming are contract v2 features not built
-    yet (docs/contract.md, Planned): not in the document. (Partial output while running is
-    refused by the drifted-answer cases below.)"""
-    spec = contract.spec
-    for (path, method), operation in operations(spec).items():
-        names = {resolved(spec, p)["name"].lower() for p in operation.get("parameters", [])}
-        assert not names & {"wait", "after", "prefer"}, f"{method} {path}"
-        for response in operation["responses"].values():
-            headers = {h.lower() for h in resolved(spec, response).get("headers", {})}
-            assert "preference-applied" not in headers, f"{method} {path}"
-    assert "STREAM_FLUSH_MS" not in json.dumps(spec)
+def test_what_is_built_is_not_listed_as_planned():
+    """Streaming, long-poll (wait, after) and Prefer: wait are built (issue 9): the document
+    has them (above), and docs/contract.md's Planned section no longer lists them."""
+    contract_md = (ROOT / "docs" / "contract.md").read_text()
+    assert contract_md.count("\n## Planned\n") == 1
+    planned = contract_md.split("\n## Planned\n", 1)[1].split("\n## ", 1)[0]
+    built = [
+        "Prefer",
+        "Preference-Applied",
+        "wait=",
+        "after=",
+        "long-poll",
+        "ConverseStream",
+        "converse-stream",
+        "STREAM_FLUSH_MS",
+        "flush",
+    ]
+    listed = [feature for feature in built if feature.lower() in planned.lower()]
+    assert not listed, f"built, yet listed as planned in docs/contract.md: {listed}"
 
 
 # The document must refuse answers that drifted. Each case below breaks one rule of a good
@@ -187,6 +221,7 @@ GOOD_JOB = {
     "status": "succeeded",
     "model": "amazon.nova-micro-v1:0",
     "prompt": "Hello",
+    "max_tokens": 512,
     "created_at": "2026-11-22T10:00:00.000Z",
     "updated_at": "2026-11-22T10:00:01.000Z",
     "completed_at": "2026-11-22T10:00:01.000Z",
@@ -214,6 +249,7 @@ CANCELLED_JOB = RUNNING_JOB | {
     "completed_at": GOOD_JOB["completed_at"],
 }
 SUMMARY = {k: v for k, v in GOOD_JOB.items() if k != "output"}
+SETTINGS = {"system": "Be brief.", "max_tokens": 200, "temperature": 0.7}
 SUBMITTED = {
     "job_id": JOB_ID,
     "status": "queued",
@@ -249,10 +285,15 @@ def without(mapping, *keys):
 
 
 LOCATION = {"Location": f"/jobs/{JOB_ID}"}
+APPLIED = LOCATION | {"Preference-Applied": "wait=20"}
 
 
-def job_answer(body):
-    return ("get", f"/jobs/{JOB_ID}", 200, body)
+def job_answer(body, status=200, query=None):
+    return ("get", f"/jobs/{JOB_ID}", status, body, None, query)
+
+
+def long_poll_answer(body, status=200):
+    return job_answer(body, status, {"wait": "20", "after": "3"})
 
 
 def cancel_answer(status, body):
@@ -285,6 +326,13 @@ GOOD_EXCHANGES = {
     "queued job": job_answer(QUEUED_JOB),
     "running job": job_answer(RUNNING_JOB),
     "cancelled job": job_answer(CANCELLED_JOB),
+    "running job with the text so far": job_answer(RUNNING_JOB | {"output": "Hi"}),
+    "cancelled job with the text it had": job_answer(CANCELLED_JOB | {"output": "Hi"}),
+    "failed job with its last attempt's text": job_answer(FAILED_JOB | {"output": "Hi"}),
+    "a job with its system prompt and temperature": job_answer(GOOD_JOB | SETTINGS),
+    "a temperature that was 1e-200": job_answer(QUEUED_JOB | {"temperature": 0.0}),
+    "long-poll": long_poll_answer(RUNNING_JOB | {"output": "Hi"}),
+    "long-poll 400": long_poll_answer(error_body("invalid_request"), 400),
     "worker_error": job_answer(
         FAILED_JOB | {"error": {"code": "worker_error", "message": "The worker stopped."}}
     ),
@@ -295,10 +343,22 @@ GOOD_EXCHANGES = {
     "list of every status": page_answer(
         {"jobs": [SUMMARY, FAILED_JOB, QUEUED_JOB, RUNNING_JOB, CANCELLED_JOB], "next_cursor": None}
     ),
+    "list entry with its settings": page_answer(
+        {"jobs": [SUMMARY | SETTINGS], "next_cursor": None}
+    ),
     "cancel 200": cancel_answer(200, CANCELLED_JOB),
     "cancel 409": cancel_answer(409, error_body("not_cancellable")),
     "202": submit_answer(202, SUBMITTED, LOCATION),
+    "202 exposing its headers": submit_answer(
+        202, SUBMITTED, LOCATION | {"Access-Control-Expose-Headers": "location,preference-applied"}
+    ),
     "repeat 200": submit_answer(200, SUBMITTED | {"status": "running"}, LOCATION),
+    "Prefer: wait 200, succeeded": submit_answer(200, GOOD_JOB, APPLIED),
+    "Prefer: wait 200, failed": submit_answer(200, FAILED_JOB, APPLIED),
+    "Prefer: wait 200, cancelled": submit_answer(200, CANCELLED_JOB, APPLIED),
+    "Prefer: wait 200, capped": submit_answer(
+        200, GOOD_JOB, LOCATION | {"Preference-Applied": "wait=25"}
+    ),
     "400": submit_answer(400, error_body("invalid_request")),
     "429": submit_answer(429, error_body("rate_limited"), {"Retry-After": "12"}),
     "405": wrong_method_answer({"Allow": "POST"}),
@@ -315,11 +375,22 @@ DRIFTED_EXCHANGES = {
         {"jobs": [without(SUMMARY, "seq")], "next_cursor": None}
     ),
     "cancelled without completed_at": job_answer(without(CANCELLED_JOB, "completed_at")),
-    "cancelled with (partial) output": job_answer(CANCELLED_JOB | {"output": "Hi"}),
+    "queued with output": job_answer(QUEUED_JOB | {"output": "Hi"}),
+    "a job without max_tokens": job_answer(without(GOOD_JOB, "max_tokens")),
+    "max_tokens 0": job_answer(GOOD_JOB | {"max_tokens": 0}),
+    "max_tokens as text": job_answer(GOOD_JOB | {"max_tokens": "512"}),
+    "a temperature over 1": job_answer(GOOD_JOB | {"temperature": 1.5}),
+    "a null temperature": job_answer(GOOD_JOB | {"temperature": None}),
+    "an empty system prompt": job_answer(GOOD_JOB | {"system": ""}),
+    "a list entry without max_tokens": page_answer(
+        {"jobs": [without(SUMMARY, "max_tokens")], "next_cursor": None}
+    ),
+    "a long-poll 400 with a code of another status": long_poll_answer(
+        error_body("not_found"), 400
+    ),
     "cancelled with usage": job_answer(CANCELLED_JOB | {"usage": GOOD_JOB["usage"]}),
     "cancelled with an artifact": job_answer(CANCELLED_JOB | {"artifact": GOOD_JOB["artifact"]}),
     "cancelled with an error": job_answer(CANCELLED_JOB | {"error": FAILED_JOB["error"]}),
-    "running with partial output (planned)": job_answer(RUNNING_JOB | {"output": "Hi"}),
     "a cancel answer that is not cancelled": cancel_answer(200, GOOD_JOB),
     "a cancel answer without attempts": cancel_answer(200, without(CANCELLED_JOB, "attempts")),
     "a 409 with a code of another status": cancel_answer(409, error_body("invalid_request")),
@@ -328,7 +399,6 @@ DRIFTED_EXCHANGES = {
     "succeeded without artifact": job_answer(without(GOOD_JOB, "artifact")),
     "succeeded with an error": job_answer(GOOD_JOB | {"error": FAILED_JOB["error"]}),
     "failed without error": job_answer(without(FAILED_JOB, "error")),
-    "failed with output": job_answer(FAILED_JOB | {"output": "x"}),
     "queued with completed_at": job_answer(QUEUED_JOB | {"completed_at": GOOD_JOB["completed_at"]}),
     "an upper-case job id": job_answer(GOOD_JOB | {"job_id": JOB_ID.upper()}),
     "a time without milliseconds": job_answer(GOOD_JOB | {"created_at": "2026-11-22T10:00:00Z"}),
@@ -346,7 +416,31 @@ DRIFTED_EXCHANGES = {
     "a list without next_cursor": page_answer({"jobs": [SUMMARY]}),
     "a 202 that is not queued": submit_answer(202, SUBMITTED | {"status": "running"}, LOCATION),
     "a 202 without Location": submit_answer(202, SUBMITTED),
+    "a 202 with the whole job": submit_answer(202, QUEUED_JOB, LOCATION),
+    "a 200 to Prefer: wait with a running job": submit_answer(200, RUNNING_JOB, APPLIED),
+    "a 200 to Prefer: wait with a queued job": submit_answer(200, QUEUED_JOB, APPLIED),
+    "a 200 to Prefer: wait without Location": submit_answer(
+        200, GOOD_JOB, {"Preference-Applied": "wait=20"}
+    ),
+    "a 200 with both shapes at once": submit_answer(
+        200, GOOD_JOB | {"links": SUBMITTED["links"]}, APPLIED
+    ),
+    "Preference-Applied past the cap": submit_answer(
+        200, GOOD_JOB, LOCATION | {"Preference-Applied": "wait=26"}
+    ),
+    "Preference-Applied wait=0": submit_answer(
+        200, GOOD_JOB, LOCATION | {"Preference-Applied": "wait=0"}
+    ),
+    "Preference-Applied of another preference": submit_answer(
+        200, GOOD_JOB, LOCATION | {"Preference-Applied": "respond-async"}
+    ),
     "a 202 with Location elsewhere": submit_answer(202, SUBMITTED, {"Location": "/elsewhere"}),
+    "a 202 that does not expose Preference-Applied": submit_answer(
+        202, SUBMITTED, LOCATION | {"Access-Control-Expose-Headers": "location"}
+    ),
+    "a 202 that does not expose Location": submit_answer(
+        202, SUBMITTED, LOCATION | {"Access-Control-Expose-Headers": "preference-applied"}
+    ),
     "a 202 without links": submit_answer(202, without(SUBMITTED, "links"), LOCATION),
     "a 400 with a code of another status": submit_answer(400, error_body("not_found")),
     "an error message with backticks": submit_answer(
@@ -526,9 +620,11 @@ def test_a_caller_over_the_quota_gets_429_with_retry_after_and_no_job(new_user):
         time.sleep(61 - time.time() % 60)
     started_minute = int(time.time() // 60)
     first_key = f"quota-{uuid.uuid4()}"
-    answers = [user.submit({"prompt": "Count me."}, headers={"Idempotency-Key": first_key})]
+    # One word each, so that the jobs keep the stack's worker busy for as little as they can.
+    body = {"prompt": "Count me.", "max_tokens": 1}
+    answers = [user.submit(body, headers={"Idempotency-Key": first_key})]
     while answers[-1].status_code == 202 and len(answers) <= 2 * JOBS_PER_MINUTE:
-        answers.append(user.submit({"prompt": "Count me."}))
+        answers.append(user.submit(body))
     seconds_left = 60 - time.time() % 60
     crossed_a_minute = int(time.time() // 60) != started_minute
     statuses = [answer.status_code for answer in answers]
@@ -541,12 +637,115 @@ def test_a_caller_over_the_quota_gets_429_with_retry_after_and_no_job(new_user):
     assert str(JOBS_PER_MINUTE) in error_of(limited)["message"]
     assert abs(int(limited.headers["Retry-After"]) - seconds_left) <= 2
     # A repeat asks for nothing new: over the quota, it still gets the original job.
-    repeat = user.submit({"prompt": "Count me."}, headers={"Idempotency-Key": first_key})
+    repeat = user.submit(body, headers={"Idempotency-Key": first_key})
     assert repeat.status_code == 200, repeat.text
     assert repeat.json()["job_id"] == answers[0].json()["job_id"]
     # The refused request made no job, and the counter is no job.
     listed = user.get("/jobs?limit=100").json()
     assert len(listed["jobs"]) == len(statuses) - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# POST /generate with Prefer: wait
+# ---------------------------------------------------------------------------------------------
+
+
+def timed(call):
+    """`call()`'s answer and the seconds it took."""
+    started = time.monotonic()
+    answer = call()
+    return answer, time.monotonic() - started
+
+
+# (case: the Prefer header, the Preference-Applied it gets)
+HONOURED = {
+    "wait=20": ("wait=20", "wait=20"),
+    "past the cap": ("respond-async, wait=600", "wait=25"),
+    "after another preference": ("handling=lenient, wait=12", "wait=12"),
+    "with parameters of its own": ("wait=11; x=y", "wait=11"),
+    "quoted, spaced, any case": ('respond-async , WAIT = "9"', "wait=9"),
+}
+
+
+def test_prefer_wait_answers_200_with_the_finished_job(new_user):
+    """On the main stack a job finishes within a second: the answer waits for it and is the
+    whole job, as GET shows it, with Preference-Applied (the wait as applied). The cases run
+    at once (the worker runs the jobs of a batch concurrently)."""
+    user = new_user()
+
+    def submit(case):
+        prefer, _ = HONOURED[case]
+        body = {"prompt": f"Answer at once ({case}).", "max_tokens": 8}
+        return timed(lambda: user.submit(body, headers={"Prefer": prefer}))
+
+    with ThreadPoolExecutor(len(HONOURED)) as pool:
+        answers = dict(zip(HONOURED, pool.map(submit, HONOURED)))
+    for case, (answer, took) in answers.items():
+        assert answer.status_code == 200, f"{case}: {answer.text}"
+        assert answer.headers["Preference-Applied"] == HONOURED[case][1], case
+        job = answer.json()
+        assert job["status"] == "succeeded", job
+        assert job["max_tokens"] == 8
+        assert answer.headers["Location"] == f"/jobs/{job['job_id']}"
+        assert user.get(answer.headers["Location"]).json() == job
+        # Answered when the job finished (within a second or so), not when the wait was over.
+        assert took < 8, f"{case}: answered after {took:.1f} s"
+        # A page of the web UI's origin may read both headers.
+        exposed = answer.headers["Access-Control-Expose-Headers"].split(",")
+        assert {"location", "preference-applied"} <= {h.strip().lower() for h in exposed}
+
+
+# (case: the Prefer header); none holds a wait this API can honour.
+IGNORED = {
+    "wait=0": "wait=0",
+    "wait=soon": "wait=soon",
+    "an empty wait": "wait=",
+    "a negative wait": "wait=-5",
+    "a fractional wait": "wait=1.5",
+    "another preference": "respond-async",
+    "other preferences": "return=minimal, handling=strict",
+    "a wait as another preference's parameter": "respond-async; wait=5",
+    "a signed wait": "wait=+5",
+    "a second wait after one that cannot be honoured": "wait=0, wait=5",
+}
+
+
+@pytest.fixture(scope="module")
+def ignoring_user(new_user):
+    """A user of its own for the cases below, so that they spend nobody else's quota."""
+    return new_user()
+
+
+@pytest.mark.parametrize("case", IGNORED, ids=list(IGNORED))
+def test_a_preference_that_cannot_be_honoured_is_ignored(ignoring_user, case):
+    body = {"prompt": "Do not wait.", "max_tokens": 8}
+    answer = ignoring_user.submit(body, headers={"Prefer": IGNORED[case]})
+    # Not waited for: a wait of a second or more would most likely have seen this job
+    # finish (200, with Preference-Applied).
+    assert answer.status_code == 202, answer.text
+    assert "Preference-Applied" not in answer.headers
+    assert answer.json()["status"] == "queued"
+
+
+def test_prefer_wait_applies_to_an_idempotent_repeat(new_user):
+    user = new_user()
+    key = {"Idempotency-Key": f"contract-{uuid.uuid4()}"}
+    first = user.submit({"prompt": "Repeat me.", "max_tokens": 8}, headers=key)
+    assert first.status_code == 202, first.text
+    # The repeat waits for the original job, and answers it whole.
+    waited = user.submit({"prompt": "Repeat me."}, headers=key | {"Prefer": "wait=20"})
+    assert waited.status_code == 200, waited.text
+    assert waited.headers["Preference-Applied"] == "wait=20"
+    job = waited.json()
+    assert job["job_id"] == first.json()["job_id"]
+    assert job["status"] == "succeeded", job
+    assert waited.headers["Location"] == first.headers["Location"]
+    assert user.get(first.headers["Location"]).json() == job
+    # Without the preference, the repeat is the usual 200 with the submission's shape.
+    plain = user.submit({"prompt": "Repeat me."}, headers=key)
+    assert plain.status_code == 200, plain.text
+    assert "Preference-Applied" not in plain.headers
+    assert plain.json() == without(first.json(), "status") | {"status": "succeeded"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,12 +758,15 @@ def test_a_job_runs_to_succeeded_with_output_usage_and_artifact(demo, web_config
     submitted = demo.submit({"prompt": prompt, "max_tokens": 64}).json()
     path = submitted["links"]["self"]
     seen = []  # (status, seq, attempts), each time the job changed
+    texts = []  # the text so far, whenever a read found the job running with some
     deadline = time.monotonic() + 60
     while True:
         job = demo.get(path).json()
         assert job["status"] != "failed", job
         if not seen or seen[-1][1] != job["seq"]:
             seen.append((job["status"], job["seq"], job["attempts"]))
+        if job["status"] == "running" and "output" in job:
+            texts.append(job["output"])
         if job["status"] == "succeeded":
             break
         assert time.monotonic() < deadline, f"still {job['status']} after 60 s"
@@ -581,7 +783,11 @@ def test_a_job_runs_to_succeeded_with_output_usage_and_artifact(demo, web_config
     assert job["created_at"] == submitted["created_at"]
     assert job["prompt"] == prompt
     assert job["model"] == web_config["defaultModel"]
+    assert job["max_tokens"] == 64
+    assert "system" not in job and "temperature" not in job, job
     assert prompt in job["output"], "the offline model echoes the prompt"
+    # Whatever text was seen while it ran was the beginning of the answer.
+    assert all(job["output"].startswith(text) for text in texts), (texts, job["output"])
     assert job["created_at"] <= job["completed_at"] == job["updated_at"]
     owner = access_token_claims(demo.token)["sub"]
     # The artifact of the attempt that succeeded (the first): one key per attempt number.
@@ -615,6 +821,153 @@ def test_unknown_foreign_and_malformed_job_ids_are_the_same_404(demo, new_user):
     # Nothing tells a foreign job from a missing one.
     assert len({a.text for a in answers}) == 1
     assert error_of(answers[0])["code"] == "not_found"
+
+
+def test_the_job_object_and_the_list_entry_carry_what_was_asked(new_user):
+    user = new_user()
+    given = user.post(
+        "/generate",
+        data='{"prompt": " Hello ", "system": "  Be brief.  ", "temperature": 0.7, '
+        '"max_tokens": 200}',
+    )
+    defaults = user.post("/generate", data='{"prompt": "Hello"}')
+    blank = user.post("/generate", data='{"prompt": "Hello", "system": " ", "temperature": 1e-200}')
+    paths = [answer.json()["links"]["self"] for answer in (given, defaults, blank)]
+    jobs = [user.get(path).json() for path in paths]
+    settings = [
+        {key: job[key] for key in ("prompt", "system", "max_tokens", "temperature") if key in job}
+        for job in jobs
+    ]
+    assert settings == [
+        # Trimmed, and the temperature as the model takes it (0.7 as a 32-bit float).
+        {"prompt": "Hello", "system": "Be brief.", "max_tokens": 200, "temperature": 0.7},
+        # Only what the request had; max_tokens always (the default, 512).
+        {"prompt": "Hello", "max_tokens": 512},
+        # A blank system prompt is none; 1e-200 is 0 to a 32-bit float.
+        {"prompt": "Hello", "max_tokens": 512, "temperature": 0.0},
+    ]
+    listed = {job["job_id"]: job for job in user.get("/jobs").json()["jobs"]}
+    for job, asked in zip(jobs, settings):
+        entry = listed[job["job_id"]]
+        assert {key: entry[key] for key in asked} == asked, entry
+        assert {"system", "temperature"} & set(entry) == {"system", "temperature"} & set(asked)
+
+
+@pytest.fixture(scope="module")
+def finished(demo) -> dict:
+    """One of the demo user's jobs, succeeded (submitted with Prefer: wait)."""
+    answer = demo.submit(
+        {"prompt": "Finish, to be long-polled.", "max_tokens": 8}, headers={"Prefer": "wait=20"}
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_a_long_poll_of_a_finished_job_answers_at_once(demo, finished):
+    path = f"/jobs/{finished['job_id']}"
+    seq = finished["seq"]
+    for query in (f"wait=20&after={seq}", f"wait=20&after={seq + 100}", "wait=20", "after=0"):
+        answer, took = timed(lambda: demo.get(f"{path}?{query}"))
+        assert answer.status_code == 200, f"{query}: {answer.text}"
+        assert answer.json() == finished, query
+        assert took < 2, f"{query}: answered after {took:.1f} s"
+
+
+# (case: query, the parameter the message names, whether the document refuses it too)
+BAD_POLLS = {
+    "wait 21": ("wait=21", "wait", True),
+    "wait -1": ("wait=-1", "wait", True),
+    "wait 1.5": ("wait=1.5", "wait", True),
+    "wait as a word": ("wait=soon", "wait", True),
+    # openapi-core takes an empty value for an absent one (the default): the service does not.
+    "an empty wait": ("wait=", "wait", False),
+    "after -2": ("wait=1&after=-2", "after", True),
+    "after as a word": ("after=x", "after", True),
+    "an empty after": ("wait=1&after=", "after", False),
+    "after 1.5": ("after=1.5", "after", True),
+}
+
+
+@pytest.mark.parametrize("case", BAD_POLLS, ids=list(BAD_POLLS))
+def test_a_bad_wait_or_after_is_400(demo, contract, finished, case):
+    query, names, document_refuses = BAD_POLLS[case]
+    response = demo.get(f"/jobs/{finished['job_id']}?{query}")
+    assert response.status_code == 400, response.text
+    assert error_of(response)["code"] == "invalid_request"
+    assert f"Query parameter {names} must be" in error_of(response)["message"]
+    if document_refuses:
+        with pytest.raises(DOCUMENT_REFUSES):
+            contract.validate_request(response.request)
+
+
+def test_the_long_poll_parameters_are_checked_before_the_id(demo):
+    for path in ("/jobs/not-a-uuid?wait=soon", f"/jobs/{uuid.uuid4()}?after=x"):
+        response = demo.get(path)
+        assert response.status_code == 400, f"{path}: {response.text}"
+        assert error_of(response)["code"] == "invalid_request"
+
+
+def test_unknown_foreign_and_malformed_ids_are_404_at_once_even_with_wait(demo, new_user):
+    other = new_user()
+    theirs = other.submit({"prompt": "Mine, not yours to wait for."}).json()
+    answers = []
+    for path in (f"/jobs/{uuid.uuid4()}", theirs["links"]["self"], "/jobs/not-a-uuid"):
+        answer, took = timed(lambda: demo.get(f"{path}?wait=20&after=1000"))
+        assert answer.status_code == 404, f"{path}: {answer.text}"
+        assert took < 2, f"{path}: answered after {took:.1f} s"
+        answers.append(answer)
+    assert len({a.text for a in answers}) == 1
+    assert error_of(answers[0])["code"] == "not_found"
+
+
+def test_waits_end_at_a_change_or_run_out(slow_demo):
+    """On the slow stack a running job's model call takes SLOW_MODEL_MS before its first word,
+    and the jobs submitted meanwhile stay queued until it ends (the local worker takes one
+    batch at a time): nothing changes them but a cancellation. Meanwhile, at once: a long-poll
+    that nothing ends, one that a cancellation ends, and a Prefer: wait that runs out."""
+    busy = slow_demo.submit({"prompt": "Keep the worker busy."}).json()["links"]["self"]
+    wait_for(slow_demo, busy, lambda job: job["status"] != "queued", "started")
+    idle = slow_demo.submit({"prompt": "Nothing changes me."}).json()["links"]["self"]
+    watched = slow_demo.submit({"prompt": "Cancel me while I am waited for."}).json()
+    watched = watched["links"]["self"]
+
+    # after=-1 (the default): any job is past it, so no wait.
+    answer, took = timed(lambda: slow_demo.get(f"{idle}?wait=10"))
+    assert answer.json()["seq"] == 0 and took < 2, (answer.json(), took)
+
+    with ThreadPoolExecutor(3) as pool:
+        unchanged = pool.submit(timed, lambda: slow_demo.get(f"{idle}?wait=1&after=0"))
+        changed = pool.submit(timed, lambda: slow_demo.get(f"{watched}?wait=10&after=0"))
+        too_slow = {"prompt": "Too slow to wait for."}
+        submitted = pool.submit(
+            timed, lambda: slow_demo.submit(too_slow, headers={"Prefer": "wait=1"})
+        )
+        time.sleep(0.5)
+        cancel = slow_demo.post(f"{watched}/cancel")
+        unchanged, unchanged_took = unchanged.result()
+        changed, changed_took = changed.result()
+        submitted, submitted_took = submitted.result()
+
+    # Nothing changed: the job as it was (seq 0), once the wait was over.
+    assert unchanged.status_code == 200, unchanged.text
+    assert unchanged.json()["status"] == "queued", unchanged.json()
+    assert unchanged.json()["seq"] == 0, unchanged.json()
+    assert 1 <= unchanged_took < 2.5, f"answered after {unchanged_took:.2f} s"
+    # Cancelled during the wait: answered at the change, long before the wait was over.
+    assert cancel.status_code == 200, cancel.text
+    assert changed.status_code == 200, changed.text
+    assert changed.json() == cancel.json()
+    assert 0.4 <= changed_took < 3, f"answered after {changed_took:.2f} s"
+    # The job did not finish within the Prefer: wait: the usual 202, once the wait was over.
+    assert submitted.status_code == 202, submitted.text
+    assert "Preference-Applied" not in submitted.headers
+    assert submitted.json()["status"] == "queued"
+    assert submitted.headers["Location"] == submitted.json()["links"]["self"]
+    assert 1 <= submitted_took < 3, f"answered after {submitted_took:.2f} s"
+
+    # Leave the stack free for the next test.
+    for path in (busy, idle, submitted.headers["Location"]):
+        slow_demo.post(f"{path}/cancel")
 
 
 def test_unknown_paths_are_404(demo):
@@ -655,13 +1008,14 @@ def test_queued_and_running_jobs_are_cancelled_and_stay_so(slow_demo):
     assert started["attempts"] == 1, started
     assert started["seq"] > 0, started
 
-    # running → cancelled, its model call still under way.
+    # running → cancelled, its model call still under way (before its first word: no text).
     answer = slow_demo.post(f"{running_path}/cancel")
     assert answer.status_code == 200, answer.text
     stopped = answer.json()
     assert stopped["status"] == "cancelled", stopped
     assert stopped["seq"] > started["seq"]
     assert stopped["attempts"] == 1
+    assert "output" not in stopped, stopped
     assert started["created_at"] <= stopped["completed_at"] == stopped["updated_at"]
 
     queued_path = slow_demo.submit({"prompt": "Cancel me before I run."}).json()["links"]["self"]
@@ -687,22 +1041,25 @@ def test_queued_and_running_jobs_are_cancelled_and_stay_so(slow_demo):
     assert again.status_code == 200, again.text
     assert again.json() == cancelled
 
-    # The last job goes queued → running → succeeded, seq growing at each step. It starts
-    # once the cancelled attempt's model call has ended, so by then that attempt has come
-    # back with the model's answer, and the cancelled queued job's message has been taken:
-    # neither job changed (the queued one never called the model).
+    # The last job goes queued → running (its text growing) → succeeded, seq growing at each
+    # step (followed with long-polls). It starts once the cancelled attempt's model call has
+    # ended: that attempt found the job cancelled at its first flush and dropped its stream,
+    # and the cancelled queued job's message has been taken: neither job changed (the queued
+    # one never called the model).
     seen = [slow_demo.get(later_path).json()]
     assert seen[0]["status"] == "queued", seen
     while seen[-1]["status"] != "succeeded":
         previous = seen[-1]["seq"]
-        job = wait_for(slow_demo, later_path, lambda job: job["seq"] != previous, "changed")
+        job = slow_demo.get(f"{later_path}?wait=20&after={previous}").json()
+        assert job["seq"] > previous, job
         assert job["status"] in ("running", "succeeded"), job
         seen.append(job)
         if job["status"] == "running":
             assert slow_demo.get(running_path).json() == stopped
-    assert [job["status"] for job in seen] == ["queued", "running", "succeeded"], seen
+    statuses = [job["status"] for job in seen]
+    assert list(dict.fromkeys(statuses)) == ["queued", "running", "succeeded"], seen
     assert [job["seq"] for job in seen] == sorted({job["seq"] for job in seen}), seen
-    assert [job["attempts"] for job in seen] == [0, 1, 1], seen
+    assert [job["attempts"] for job in seen] == [0] + [1] * (len(seen) - 1), seen
     assert slow_demo.get(running_path).json() == stopped
     assert slow_demo.get(queued_path).json() == cancelled
 
@@ -729,6 +1086,104 @@ def test_cancelling_unknown_foreign_and_malformed_jobs_is_the_same_404(demo, new
     assert mine["status"] != "cancelled", mine
     upper = f"/jobs/{theirs['job_id'].upper()}/cancel"
     assert other.post(upper).status_code in (200, 409)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: the text so far while a job runs
+# ---------------------------------------------------------------------------------------------
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+# STREAM_FLUSH_MS's default, which the local stack keeps: the least time between two flushes.
+FLUSH_S = 0.25
+
+
+def moment(timestamp: str) -> float:
+    """Seconds since the epoch of one of the contract's timestamps."""
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_running_jobs_output_grows_as_it_is_written(stream_demo):
+    """On the streaming stack the offline model writes STREAM_WORDS_PER_SECOND words a second;
+    long-polls (after the last seq seen) follow the job from change to change."""
+    path = stream_demo.submit({"prompt": "Write slowly.", "max_tokens": 16}).json()
+    path = path["links"]["self"]
+    answers = [stream_demo.get(path).json()]
+    entry = None  # the job's list entry, read once while it had text
+    while answers[-1]["status"] not in TERMINAL:
+        after = answers[-1]["seq"]
+        answer, took = timed(lambda: stream_demo.get(f"{path}?wait=10&after={after}"))
+        job = answer.json()
+        # Answered at a change, long before the wait was over.
+        assert job["seq"] > after, (after, job)
+        assert took < 5, f"answered after {took:.1f} s"
+        answers.append(job)
+        if job["status"] == "running" and "output" in job and entry is None:
+            listed = stream_demo.get("/jobs?limit=100").json()["jobs"]
+            entry = next(e for e in listed if e["job_id"] == job["job_id"])
+
+    final = answers[-1]
+    assert final["status"] == "succeeded", answers
+    assert [a["attempts"] for a in answers[1:]] == [1] * (len(answers) - 1), answers
+    flushes = [a for a in answers if a["status"] == "running" and "output" in a]
+    texts = [a["output"] for a in flushes]
+    # Written in several flushes, each one extending the text before it; all of them the
+    # beginning of the answer, which the model cut at max_tokens (16 words).
+    assert len(texts) >= 3, answers
+    for shorter, longer in zip(texts, texts[1:]):
+        assert longer.startswith(shorter) and len(longer) > len(shorter), texts
+    assert final["output"].startswith(texts[-1]), (texts, final["output"])
+    assert len(final["output"].split()) == final["usage"]["output_tokens"] == 16, final
+    # At most one flush every STREAM_FLUSH_MS, though a word came every 100 ms (a little
+    # slack for the milliseconds).
+    for before, later in zip(flushes, flushes[1:]):
+        gap = moment(later["updated_at"]) - moment(before["updated_at"])
+        assert gap >= (later["seq"] - before["seq"]) * FLUSH_S - 0.01, (before, later)
+    # The list entry of the running job had everything but the text.
+    assert entry is not None and entry["status"] == "running", entry
+    assert "output" not in entry and entry["max_tokens"] == 16, entry
+
+
+def test_a_job_cancelled_mid_stream_keeps_its_text_and_its_stream_stops(stream_demo, demo):
+    prompt = (
+        "Cancel me while I am being written, long before the last of these many words, "
+        "which are here only so that the whole answer takes a few seconds to write."
+    )
+    with ThreadPoolExecutor(1) as pool:
+        # The whole answer, from the main stack's offline model (the same model, the same
+        # request), asked for meanwhile.
+        whole = pool.submit(demo.submit, {"prompt": prompt}, headers={"Prefer": "wait=20"})
+        path = stream_demo.submit({"prompt": prompt}).json()["links"]["self"]
+        job = stream_demo.get(path).json()
+        while not (job["status"] == "running" and len(job.get("output", "").split()) >= 3):
+            job = stream_demo.get(f"{path}?wait=10&after={job['seq']}").json()
+            assert job["status"] in ("queued", "running"), job
+        answer = stream_demo.post(f"{path}/cancel")
+        cancelled_at = time.monotonic()
+        # The attempt notices at its next flush and drops its stream: the worker (one batch
+        # at a time) takes the next job long before the rest of the answer could be written.
+        following = stream_demo.submit({"prompt": "Next, please.", "max_tokens": 2}).json()
+        following = following["links"]["self"]
+        started = wait_for(stream_demo, following, lambda j: j["status"] != "queued", "started")
+        took = time.monotonic() - cancelled_at
+        whole = whole.result()
+    assert whole.status_code == 200, whole.text
+    full = whole.json()["output"]
+
+    assert answer.status_code == 200, answer.text
+    cancelled = answer.json()
+    assert cancelled["status"] == "cancelled", cancelled
+    # It keeps the text flushed before the cancellation: the beginning of the whole answer.
+    assert cancelled["output"].startswith(job["output"]), (job, cancelled)
+    assert full.startswith(cancelled["output"]), (full, cancelled)
+    assert not {"usage", "artifact", "error"} & set(cancelled), cancelled
+    unwritten = len(full.split()) - len(cancelled["output"].split())
+    rest_of_the_answer = unwritten / STREAM_WORDS_PER_SECOND
+    assert rest_of_the_answer > 3, "the cancellation came too late to show the stream stopping"
+    assert took < rest_of_the_answer - 1, f"the cancelled attempt kept streaming ({took:.1f} s)"
+    assert started["status"] in ("running", "succeeded"), started
+    # And it wrote nothing more: the job is as the cancellation left it.
+    assert stream_demo.get(path).json() == cancelled
+    wait_for(stream_demo, following, lambda j: j["status"] in TERMINAL, "finished")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -883,7 +1338,7 @@ def test_preflights_are_204_with_the_cors_headers(anonymous, contract, path, met
         path,
         headers={
             "Access-Control-Request-Method": method,
-            "Access-Control-Request-Headers": "authorization,content-type,idempotency-key",
+            "Access-Control-Request-Headers": "authorization,content-type,idempotency-key,prefer",
         },
     )
     assert response.status_code == 204
@@ -893,7 +1348,7 @@ def test_preflights_are_204_with_the_cors_headers(anonymous, contract, path, met
     headers = {
         h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
     }
-    assert {"authorization", "content-type", "idempotency-key"} <= headers
+    assert {"authorization", "content-type", "idempotency-key", "prefer"} <= headers
     contract.validate_request(response.request)
 
 
@@ -910,9 +1365,17 @@ def test_every_documented_answer_was_seen(contract, request):
         pytest.skip("only meaningful when the whole suite runs")
     missing = []
     for (path, method), operation in operations(contract.spec).items():
-        for status in map(int, operation["responses"]):
+        for status, response in operation["responses"].items():
+            status = int(status)
             if status in NOT_PRODUCIBLE_LOCALLY:
                 continue
             if status not in contract.seen.get((path, method), set()):
                 missing.append(f"{method.upper()} {path} {status}")
+                continue
+            # Each header it documents came with it at least once (Preference-Applied with
+            # the 200 of POST /generate, for one).
+            seen = contract.seen_headers[(path, method, status)]
+            for header in resolved(contract.spec, response).get("headers", {}):
+                if header.lower() not in seen:
+                    missing.append(f"{method.upper()} {path} {status} with {header}")
     assert not missing, f"documented but never checked against the real stack: {missing}"

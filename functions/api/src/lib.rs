@@ -136,22 +136,30 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
     api.answer(status, job, wait).await
 }
 
-/// `wait=N` among the `Prefer` header's preferences (RFC 7240), at most
-/// [`MAX_WAIT_SECONDS`]; a preference that cannot be honoured is ignored, as the RFC says.
+/// The `wait` preference of the `Prefer` headers (RFC 7240): the first one counts, its
+/// seconds at most [`MAX_WAIT_SECONDS`]; one that cannot be honoured is ignored, as the RFC
+/// says. Preferences are separated by commas; what follows a `;` are a preference's own
+/// parameters, not preferences.
 fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
-    headers
+    let wait = headers
         .get_all("prefer")
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split([',', ';']))
+        .flat_map(|value| value.split(','))
         .filter_map(|preference| {
-            let (name, value) = preference.split_once('=')?;
+            let token = preference.split(';').next()?;
+            let (name, value) = token.split_once('=')?;
             name.trim()
                 .eq_ignore_ascii_case("wait")
-                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
+                .then(|| value.trim().trim_matches('"').to_owned())
         })
-        .find(|seconds| *seconds > 0)
-        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
+        .next()?;
+    if wait.is_empty() || !wait.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: too many for a number is more than the most.
+    let seconds = wait.parse::<u64>().unwrap_or(u64::MAX);
+    (seconds > 0).then(|| seconds.min(MAX_WAIT_SECONDS))
 }
 
 impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
@@ -183,7 +191,15 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         };
         let finished = |job: &Job| job.status.is_terminal();
         let wait = std::time::Duration::from_secs(seconds);
-        match long_poll::wait_for(&self.store, job.id, wait, finished).await? {
+        let waited = long_poll::wait_for(&self.store, job.id, wait, finished)
+            .await
+            .unwrap_or_else(|cause| {
+                // The job is recorded and queued: the usual answer, not a 503 that would
+                // make a client without an Idempotency-Key submit it twice.
+                warn!(%cause, "could not wait for the job; answered without waiting");
+                None
+            });
+        match waited {
             Some(done) if finished(&done) => Ok((
                 StatusCode::OK,
                 [
@@ -295,4 +311,38 @@ fn accepted(status: StatusCode, job: &Job) -> Response {
         Json(SubmittedJob::of(job)),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_wait_preference_counts_capped_and_ignored_when_it_cannot_be_honoured() {
+        let cases: [(&[&str], Option<u64>); 16] = [
+            (&["wait=10"], Some(10)),
+            (&["WAIT = 3"], Some(3)),
+            (&["wait=\"7\""], Some(7)),
+            (&["respond-async, wait=600"], Some(MAX_WAIT_SECONDS)),
+            (&["wait=99999999999999999999999"], Some(MAX_WAIT_SECONDS)),
+            (&["handling=lenient", "wait=4"], Some(4)),
+            (&["wait=5; foo=bar"], Some(5)),
+            (&["respond-async; wait=5"], None),
+            (&["wait=0, wait=5"], None),
+            (&["wait=soon"], None),
+            (&["wait=+5"], None),
+            (&["wait=-1"], None),
+            (&["wait=1.5"], None),
+            (&["wait="], None),
+            (&["handling=strict"], None),
+            (&[], None),
+        ];
+        for (values, expected) in cases {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append("prefer", value.parse().unwrap());
+            }
+            assert_eq!(preferred_wait(&headers), expected, "{values:?}");
+        }
+    }
 }

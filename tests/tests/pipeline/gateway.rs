@@ -414,6 +414,25 @@ async fn an_unknown_key_id_refetches_the_jwks_at_most_once_per_interval() {
     assert_eq!(calls.calls(), 1);
 }
 
+/// The first requests of a fresh gateway arrive together, before it has the pool's keys:
+/// they all wait for the one fetch, and none is refused for a key it did not have yet.
+#[tokio::test]
+async fn concurrent_first_requests_wait_for_the_keys_and_pass() {
+    let stack = Stack::new().await;
+    let pool = create_user_pool(&stack.aws, "gateway-first").await.unwrap();
+    let tokens = tokens(&stack, &pool).await;
+    let calls = Recorder::default();
+    let url = serve(&pool, &calls, 0).await;
+    let requests = (0..8).map(|_| get(&url, Some(&tokens.access)));
+    let statuses: Vec<u16> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    assert_eq!(statuses, [200; 8]);
+    assert_eq!(calls.calls(), 8);
+}
+
 #[tokio::test]
 async fn the_ui_is_served_with_security_headers_and_odd_names_are_404() {
     let stack = Stack::new().await;

@@ -324,3 +324,34 @@ async fn an_idempotent_repeat_enqueues_a_job_that_was_never_enqueued() {
         "one message for retry-2"
     );
 }
+
+/// The emulator is atomic as DynamoDB is (local/moto/sitecustomize.py): of many attempts
+/// racing to start one job, exactly one wins, and every reader sees the job whole.
+#[tokio::test]
+async fn racing_starts_on_the_emulator_have_exactly_one_winner() {
+    let stack = Stack::new().await;
+    let job_id = JobId::parse(&stack.submit("user-a", "race").await).unwrap();
+    let store = stack.store();
+    let starts = (0..24).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let start = Transition::Start {
+                lease: Lease::new(chrono::Utc::now() + chrono::Duration::seconds(60)),
+                max_attempts: MAX_ATTEMPTS,
+            };
+            store
+                .transition(job_id, &start, chrono::Utc::now())
+                .await
+                .unwrap()
+        })
+    });
+    let results = futures::future::join_all(starts).await;
+    let winners = results
+        .iter()
+        .filter(|result| matches!(result, Ok(Transitioned::Done(_))))
+        .count();
+    assert_eq!(winners, 1);
+    let job = store.get(job_id).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.seq, 1);
+}
