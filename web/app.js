@@ -615,25 +615,33 @@ function showSettings({ job, element }) {
   setText(field(element, "system"), job.system ?? "");
 }
 
-/// Reads the output of a succeeded job whose box is open but whose text is not here (list
-/// entries carry none).
+/// Reads the output of a finished job that is not here (list entries carry none): a
+/// succeeded job's once its box is opened; a stopped or failed job's at once, since only the
+/// job itself says whether it kept any text.
 function fetchOutput(entry) {
   const box = field(entry.element, "output-box");
   const { job } = entry;
-  if (!box.open || job.output !== undefined || job.status !== "succeeded" || entry.loading) return;
+  if (job.output !== undefined || !TERMINAL.has(job.status) || entry.loading) return;
+  const succeeded = job.status === "succeeded";
+  if (succeeded ? !box.open : entry.outputAsked) return;
   entry.loading = true;
-  setText(field(entry.element, "markdown"), "Loading…");
+  entry.outputAsked = true;
+  if (succeeded) setText(field(entry.element, "markdown"), "Loading…");
   loadDetail(entry).finally(() => {
     entry.loading = false;
   });
 }
 
+/// What a job's text is called: a running job's is so far; a stopped or failed job keeps
+/// what was written before.
+const OUTPUT_TITLES = { cancelled: "Output before it was stopped", failed: "Output before it failed" };
+
 function showOutput(entry) {
   const { job, element } = entry;
   const running = !TERMINAL.has(job.status);
   const box = field(element, "output-box");
-  box.hidden = !(job.status === "succeeded" || (running && job.output));
-  setText(field(element, "output-title"), running ? "Output so far" : "Output");
+  box.hidden = !(job.status === "succeeded" || job.output);
+  setText(field(element, "output-title"), running ? "Output so far" : (OUTPUT_TITLES[job.status] ?? "Output"));
   // A job submitted here opens its output by itself, once, as soon as there is some.
   if (entry.submitted && !entry.opened && !box.hidden) {
     entry.opened = true;

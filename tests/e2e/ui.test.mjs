@@ -854,6 +854,42 @@ describe("the web UI", { concurrency: true }, () => {
       assert.match(await item.locator('[data-field="usage"]').innerText(), /tokens in, \d+ out/);
       assert.deepEqual(await problems(), []);
     });
+
+    test("Stop ends a job mid-answer, which keeps the text written so far", async () => {
+      const { page, problems } = await openPage(stack.url);
+      await signIn(page, DEMO);
+      const prompt = "Write a long answer, slowly, about stopping.";
+      await page.getByLabel("Prompt", { exact: true }).fill(prompt);
+      const { id, item } = await submit(page);
+      await page.waitForFunction(
+        (jobId) => {
+          const job = document.querySelector(`li.job[data-job-id="${jobId}"]`);
+          return job?.dataset.status === "running" && job.querySelector('[data-field="markdown"]').textContent.trim();
+        },
+        id,
+        WAIT,
+      );
+      await item.getByRole("button", { name: "Stop" }).click();
+      await statusIs(page, id, "cancelled");
+      const box = item.locator('[data-field="output-box"]');
+      assert.equal(await box.isVisible(), true, "the text stays on screen");
+      assert.equal(await item.locator('[data-field="output-title"]').innerText(), "Output before it was stopped");
+      const kept = (await rendered(item).innerText()).trim();
+      assert.match(kept, /^This answer comes/);
+      assert.ok(!kept.endsWith(prompt), `the answer was cut short: ${kept}`);
+      // Nothing more is written, and a reload (the list carries no text) shows the same.
+      await page.waitForTimeout(1500);
+      assert.equal((await rendered(item).innerText()).trim(), kept);
+      await page.reload();
+      await item.getByText("Output before it was stopped").click();
+      await page.waitForFunction(
+        ([jobId, text]) =>
+          document.querySelector(`li.job[data-job-id="${jobId}"] [data-field="markdown"]`)?.innerText.trim() === text,
+        [id, kept],
+        WAIT,
+      );
+      assert.deepEqual(await problems(), []);
+    });
   });
 
   describe("web UI across a restart of the local stack", IN_TURN, () => {
