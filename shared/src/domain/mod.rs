@@ -4,6 +4,7 @@ mod artifact;
 mod error;
 mod job;
 mod message;
+mod pricing;
 mod quota;
 mod request;
 mod time;
@@ -15,6 +16,7 @@ pub use job::{
     LeaseId, Owner, Standing, Transition, Transitioned, Usage,
 };
 pub use message::{decode_job_message, encode_job_message};
+pub use pricing::{NanoUsd, Price, PriceError, PriceTable, TokenCounts};
 pub use quota::RateWindow;
 pub use request::{DEFAULT_MAX_TOKENS, GenerateRequest, Limits};
 pub use time::{format_timestamp, parse_timestamp};
