@@ -65,7 +65,11 @@ impl JwtAuthorizer {
             issuer,
             client_id,
             jwks_url,
-            http: reqwest::Client::new(),
+            // Requests wait for a fetch under way: it must not hang.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("a client with a timeout"),
             keys: RwLock::new(None),
             last_fetch: Mutex::new(None),
             refetch_interval: JWKS_REFETCH_INTERVAL,

@@ -83,20 +83,22 @@ pub fn receive_count(message: &SqsMessage) -> u32 {
 pub struct Deliveries<'a, S, A, R> {
     pub store: &'a S,
     pub artifacts: &'a A,
+    /// Where the message came from, which times its return.
     pub queue: &'a R,
 }
 
 impl<S: JobStore, A: ArtifactStore, R: Redelivery> Deliveries<'_, S, A, R> {
     /// For a job this delivery does not start (`job` as it was at `at`; `None`: there is
-    /// none): a missing job needs nothing, a finished one only its leftovers removed; a job another attempt holds is looked
-    /// at again once that lease can have ended; a free job is one that attempts stopped
-    /// working on for good (its model calls used up, or its message dead-lettered), and
-    /// fails with `worker_error`.
+    /// none): a missing job needs nothing, a finished one only its leftovers removed; a job
+    /// another attempt holds is looked at again once that lease can have ended; a free job
+    /// is one that attempts stopped working on for good (its model calls used up, or its
+    /// message dead-lettered), and fails with `worker_error` and the sentence `failure` says.
     pub async fn settle_unstarted(
         &self,
         message: &SqsMessage,
         job: Option<Job>,
         at: DateTime<Utc>,
+        failure: fn(&Job) -> JobFailure,
     ) -> Outcome {
         let Some(job) = job else {
             info!("job is missing (expired or deleted); message acknowledged");
@@ -115,7 +117,7 @@ impl<S: JobStore, A: ArtifactStore, R: Redelivery> Deliveries<'_, S, A, R> {
                 );
                 self.come_back(message, wait + Duration::from_secs(1)).await
             }
-            Standing::Free => self.fail(job.id, None, job.abandoned()).await,
+            Standing::Free => self.fail(job.id, None, failure(&job)).await,
         }
     }
 

@@ -200,7 +200,7 @@ impl JobStore for InMemoryJobStore {
         let mut stale: Vec<&Job> = state
             .jobs
             .values()
-            .filter(|job| !job.status.is_terminal() && job.updated_at < unchanged_since)
+            .filter(|job| !job.status.is_terminal() && job.updated_at <= unchanged_since)
             .collect();
         stale.sort_by_key(|job| (job.updated_at, job.id));
         Ok(stale.into_iter().take(limit).map(|job| job.id).collect())

@@ -85,7 +85,7 @@ pub trait JobStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Transitioned, Unavailable>> + Send;
 
-    /// The ids of up to `limit` unfinished jobs that have not changed since `unchanged_since`
+    /// The ids of up to `limit` unfinished jobs that have not changed after `unchanged_since`
     /// (recovery's candidates), from an index of unfinished jobs: never a scan of the table.
     fn find_stale(
         &self,

@@ -134,6 +134,8 @@ EXPECTED_PERMISSIONS = {
         ("s3:PutObject", "ArtifactsBucket/artifacts/*"),
         ("s3:DeleteObject", "ArtifactsBucket/artifacts/*"),
         ("bedrock:InvokeModel", "AllowedModelIds"),
+        # ConverseStream, which the worker calls, needs this one.
+        ("bedrock:InvokeModelWithResponseStream", "AllowedModelIds"),
     },
     "RecoveryRole": {
         ("logs:CreateLogStream", "RecoveryLogGroup"),
@@ -431,8 +433,8 @@ def test_waiting_functions_finish_before_the_http_api_gives_up(resources):
     # long-poll (20 s at most) must be answered before, with a margin for the last read.
     api_source = (ROOT / "functions" / "api" / "src" / "lib.rs").read_text()
     status_source = (ROOT / "functions" / "status" / "src" / "lib.rs").read_text()
-    prefer_wait = int(re.search(r"pub const MAX_WAIT_SECONDS: u64 = (\d+);", api_source)[1])
-    long_poll = int(re.search(r"pub const MAX_WAIT_SECONDS: u64 = (\d+);", status_source)[1])
+    prefer_wait = int(re.search(r"pub const PREFER_WAIT_MAX_SECONDS: u64 = (\d+);", api_source)[1])
+    long_poll = int(re.search(r"pub const LONG_POLL_MAX_SECONDS: u64 = (\d+);", status_source)[1])
     generate = resources["GenerateFunction"]["Properties"]["Timeout"]
     status = resources["JobStatusFunction"]["Properties"]["Timeout"]
     assert prefer_wait + 2 <= generate < 30

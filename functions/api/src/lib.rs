@@ -29,7 +29,7 @@ pub const ENQUEUE_GRACE: Duration = Duration::seconds(35);
 
 /// The longest `Prefer: wait`: the HTTP API gives up on an integration after 30 s, and the
 /// function's timeout is 29 s.
-pub const MAX_WAIT_SECONDS: u64 = 25;
+pub const PREFER_WAIT_MAX_SECONDS: u64 = 25;
 
 /// The function's environment (see the configuration table in `docs/contract.md`).
 #[derive(Clone, Debug)]
@@ -104,6 +104,8 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
     headers: HeaderMap,
     TextBody(body): TextBody,
 ) -> Result<Response, ApiError> {
+    // The function's time runs from here: a `Prefer: wait` ends in time to answer.
+    let started = tokio::time::Instant::now();
     // Read as bytes: a header that is not even text must be refused, not ignored.
     let idempotency_key = headers
         .get("idempotency-key")
@@ -119,7 +121,7 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
     {
         let id = JobId::for_idempotency_key(&caller.owner, key);
         if let Some(original) = api.original(id, &caller.owner).await? {
-            return api.answer(StatusCode::OK, original, wait).await;
+            return api.answer(StatusCode::OK, original, wait, started).await;
         }
     }
     let now = (api.settings.clock)();
@@ -133,11 +135,11 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
     );
     let span = info_span!("job", job_id = %job.id);
     let (status, job) = api.submit(job).instrument(span).await?;
-    api.answer(status, job, wait).await
+    api.answer(status, job, wait, started).await
 }
 
 /// The `wait` preference of the `Prefer` headers (RFC 7240): the first one counts, its
-/// seconds at most [`MAX_WAIT_SECONDS`]; one that cannot be honoured is ignored, as the RFC
+/// seconds at most [`PREFER_WAIT_MAX_SECONDS`]; one that cannot be honoured is ignored, as the RFC
 /// says. Preferences are separated by commas; what follows a `;` are a preference's own
 /// parameters, not preferences.
 fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
@@ -148,7 +150,7 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
         .flat_map(|value| value.split(','))
         .filter_map(|preference| {
             let token = preference.split(';').next()?;
-            let (name, value) = token.split_once('=')?;
+            let (name, value) = token.split_once('=').unwrap_or((token, ""));
             name.trim()
                 .eq_ignore_ascii_case("wait")
                 .then(|| value.trim().trim_matches('"').to_owned())
@@ -159,7 +161,7 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
     }
     // All digits: too many for a number is more than the most.
     let seconds = wait.parse::<u64>().unwrap_or(u64::MAX);
-    (seconds > 0).then(|| seconds.min(MAX_WAIT_SECONDS))
+    (seconds > 0).then(|| seconds.min(PREFER_WAIT_MAX_SECONDS))
 }
 
 impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
@@ -179,18 +181,23 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
 
     /// The usual answer (`202`, or `200` for a repeat) with the job's link; with a
     /// `Prefer: wait` of `seconds`, `200` with the whole job if it finishes by then, and
-    /// `Preference-Applied`.
+    /// `Preference-Applied`. The wait ends [`PREFER_WAIT_MAX_SECONDS`] after the request `started`
+    /// at the latest, whatever the calls before it took, so that the function (29 s) always
+    /// answers.
     async fn answer(
         &self,
         status: StatusCode,
         job: Job,
         wait: Option<u64>,
+        started: tokio::time::Instant,
     ) -> Result<Response, ApiError> {
         let Some(seconds) = wait else {
             return Ok(accepted(status, &job));
         };
         let finished = |job: &Job| job.status.is_terminal();
-        let wait = std::time::Duration::from_secs(seconds);
+        let left = std::time::Duration::from_secs(PREFER_WAIT_MAX_SECONDS)
+            .saturating_sub(started.elapsed());
+        let wait = std::time::Duration::from_secs(seconds).min(left);
         let waited = long_poll::wait_for(&self.store, job.id, wait, finished)
             .await
             .unwrap_or_else(|cause| {
@@ -209,7 +216,8 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
                 Json(JobView::of(&done, &self.artifacts_bucket)),
             )
                 .into_response()),
-            _ => Ok(accepted(status, &job)),
+            // Not finished: the usual answer, with the status the job has now.
+            seen => Ok(accepted(status, seen.as_ref().unwrap_or(&job))),
         }
     }
 
@@ -319,16 +327,20 @@ mod tests {
 
     #[test]
     fn the_first_wait_preference_counts_capped_and_ignored_when_it_cannot_be_honoured() {
-        let cases: [(&[&str], Option<u64>); 16] = [
+        let cases: [(&[&str], Option<u64>); 17] = [
             (&["wait=10"], Some(10)),
             (&["WAIT = 3"], Some(3)),
             (&["wait=\"7\""], Some(7)),
-            (&["respond-async, wait=600"], Some(MAX_WAIT_SECONDS)),
-            (&["wait=99999999999999999999999"], Some(MAX_WAIT_SECONDS)),
+            (&["respond-async, wait=600"], Some(PREFER_WAIT_MAX_SECONDS)),
+            (
+                &["wait=99999999999999999999999"],
+                Some(PREFER_WAIT_MAX_SECONDS),
+            ),
             (&["handling=lenient", "wait=4"], Some(4)),
             (&["wait=5; foo=bar"], Some(5)),
             (&["respond-async; wait=5"], None),
             (&["wait=0, wait=5"], None),
+            (&["wait, wait=5"], None),
             (&["wait=soon"], None),
             (&["wait=+5"], None),
             (&["wait=-1"], None),

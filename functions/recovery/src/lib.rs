@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use pipeline::config::{ConfigError, Env};
 use pipeline::delivery::{self, Deliveries, Outcome};
-use pipeline::domain::{JobId, Standing, Transition, Transitioned};
+use pipeline::domain::{Job, JobId, Standing, Transition, Transitioned};
 use pipeline::ports::{ArtifactStore, JobQueue, JobStore, Redelivery, Unavailable};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -72,6 +73,9 @@ impl Settings {
         })
     }
 }
+
+/// Repairs a sweep makes at a time.
+const REPAIRS_AT_ONCE: usize = 16;
 
 /// What invokes the function: a batch from the dead-letter queue, or the schedule, whose
 /// input is `{"sweep": {}}`.
@@ -158,7 +162,9 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
             match self.store.get(job_id).await {
                 Ok(job) => {
                     warn!("the job's message was dead-lettered");
-                    deliveries.settle_unstarted(message, job, now).await
+                    deliveries
+                        .settle_unstarted(message, job, now, Job::dead_lettered)
+                        .await
                 }
                 Err(cause) => {
                     warn!(%cause, "could not read the dead-lettered job; it will be retried");
@@ -183,8 +189,15 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
             candidates: candidates.len(),
             ..SweepReport::default()
         };
-        for id in candidates {
-            match self.repair(id, unchanged_since, now).await {
+        // Several at once: after an outage a sweep may have hundreds to repair within its
+        // function's minute.
+        let repairs = futures::stream::iter(candidates)
+            .map(|id| async move { (id, self.repair(id, unchanged_since, now).await) })
+            .buffer_unordered(REPAIRS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        for (id, repair) in repairs {
+            match repair {
                 Ok(Repair::Requeued) => report.requeued += 1,
                 Ok(Repair::Failed) => report.failed += 1,
                 Ok(Repair::LeftAlone) => {}
@@ -204,8 +217,10 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
         Ok(report)
     }
 
-    /// Sends a stranded job again if it has model calls left, else fails it. Both are
-    /// conditional on the job being as the sweep found it: stranded since `unchanged_since`.
+    /// Sends a stranded job again if it has model calls left, else fails it. The requeue is
+    /// conditional on the job being as the sweep found it (stranded since `unchanged_since`);
+    /// the fail on no live lease, which is enough: a free job with no model calls left can
+    /// only be failed or cancelled, never started again.
     async fn repair(
         &self,
         id: JobId,

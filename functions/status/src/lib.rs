@@ -92,7 +92,7 @@ where
 }
 
 /// The longest long-poll: `wait` is 0 to this many seconds (the function's timeout is 25 s).
-pub const MAX_WAIT_SECONDS: u64 = 20;
+pub const LONG_POLL_MAX_SECONDS: u64 = 20;
 
 #[derive(Deserialize)]
 struct WaitQuery {
@@ -116,10 +116,10 @@ async fn job<S: JobStore>(
         Some(text) => text
             .parse()
             .ok()
-            .filter(|wait| *wait <= MAX_WAIT_SECONDS)
+            .filter(|wait| *wait <= LONG_POLL_MAX_SECONDS)
             .ok_or_else(|| {
                 ApiError::invalid_request(format!(
-                    "Query parameter wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}."
+                    "Query parameter wait must be a whole number of seconds from 0 to {LONG_POLL_MAX_SECONDS}."
                 ))
             })?,
     };

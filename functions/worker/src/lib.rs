@@ -70,6 +70,9 @@ impl Settings {
     }
 }
 
+/// A flush's pause grows by one `stream_flush` per this much text written (8 KiB).
+const FLUSH_PAUSE_GROWS_PER_BYTES: f64 = 8192.0;
+
 /// How long a retry waits after `attempts` model calls: doubling from `base`, at most `cap`,
 /// and spread over its upper half by `jitter` (0 to 1) so that throttled jobs do not all
 /// come back at once.
@@ -147,7 +150,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                 // still held the job then, which is no sign that its attempts are used up.
                 return self
                     .deliveries()
-                    .settle_unstarted(delivery.message, current, now)
+                    .settle_unstarted(delivery.message, current, now, Job::abandoned)
                     .await;
             }
             Err(cause) => {
@@ -204,27 +207,34 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
     }
 
     /// Writes the text so far into the job whenever it has grown, at most once per
-    /// `stream_flush`, each write conditional on the lease. Returns only when a flush is
-    /// refused: the attempt lost the job (`None`: the job is gone).
+    /// `stream_flush`, each write conditional on the lease. Each write costs DynamoDB the
+    /// whole record, so the pause grows with the text (one more `stream_flush` per 8 KiB
+    /// written): a long answer's writes grow with its length, not with its square. Returns
+    /// only when a flush is refused: the attempt lost the job (`None`: the job is gone).
     async fn flush_while_streaming(
         &self,
         job_id: JobId,
         lease: &LeaseId,
         mut text: tokio::sync::watch::Receiver<String>,
     ) -> Option<Job> {
-        let mut last_flush: Option<Instant> = None;
+        let mut next_flush: Option<Instant> = None;
         loop {
             if text.changed().await.is_err() {
                 // The call is over; the caller is about to drop this.
                 std::future::pending::<()>().await;
             }
-            if let Some(last) = last_flush {
-                tokio::time::sleep_until((last + self.settings.stream_flush).into()).await;
+            if let Some(next) = next_flush {
+                tokio::time::sleep_until(next.into()).await;
             }
-            last_flush = Some(Instant::now());
+            let output = text.borrow_and_update().clone();
+            let pause = self
+                .settings
+                .stream_flush
+                .mul_f64(1.0 + output.len() as f64 / FLUSH_PAUSE_GROWS_PER_BYTES);
+            next_flush = Some(Instant::now() + pause);
             let flush = Transition::Flush {
                 lease: lease.clone(),
-                output: text.borrow_and_update().clone(),
+                output,
             };
             match self.store.transition(job_id, &flush, Utc::now()).await {
                 Ok(Transitioned::Done(_)) => {}

@@ -159,16 +159,26 @@ impl JobStore for DynamoJobStore {
         limit: usize,
     ) -> Result<Vec<JobId>, Unavailable> {
         let mut found = Vec::new();
-        for shard in UNFINISHED_SHARDS {
+        // From a shard drawn at random: a sweep that stops at `limit` favours no shard.
+        let first = usize::from(uuid::Uuid::new_v4().as_bytes()[0]) % UNFINISHED_SHARDS.len();
+        let shards = UNFINISHED_SHARDS
+            .iter()
+            .cycle()
+            .skip(first)
+            .take(UNFINISHED_SHARDS.len());
+        for shard in shards {
+            if found.len() >= limit {
+                break;
+            }
             let mut pages = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .index_name(UNFINISHED_INDEX)
-                .key_condition_expression("#shard = :shard AND #updated_at < :since")
+                .key_condition_expression("#shard = :shard AND #updated_at <= :since")
                 .expression_attribute_names("#shard", "unfinished")
                 .expression_attribute_names("#updated_at", "updated_at")
-                .expression_attribute_values(":shard", s(shard))
+                .expression_attribute_values(":shard", s(*shard))
                 .expression_attribute_values(":since", s(format_timestamp(unchanged_since)))
                 .projection_expression("#job_id")
                 .expression_attribute_names("#job_id", "job_id")
@@ -308,7 +318,11 @@ impl Update {
                 let queued = self.value_once(":queued", s(JobStatus::Queued.as_str()));
                 format!("{status} IN ({queued}, {running})")
             }
-            Guard::Stranded(at, unchanged_since, max_attempts) => {
+            Guard::Stranded {
+                at,
+                unchanged_since,
+                max_attempts,
+            } => {
                 let startable = self.guard(&Guard::Startable(*at, *max_attempts));
                 let updated_at = self.name("updated_at");
                 let since = self.value(s(format_timestamp(*unchanged_since)));

@@ -118,8 +118,8 @@ impl JobStatus {
     }
 
     /// The state machine. `running → running` is a new attempt after a released or lost
-    /// one; `queued → failed` a job that could not be enqueued; `→ cancelled` the owner's
-    /// stop. A terminal status never changes.
+    /// one (a flush or a release keeps the status); `queued → failed` a job that could not
+    /// be enqueued; `→ cancelled` the owner's stop. A terminal status never changes.
     pub fn can_become(self, next: JobStatus) -> bool {
         use JobStatus::*;
         matches!(
@@ -199,7 +199,7 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Names one attempt: a random UUID, also part of the attempt's artifact key.
+/// Names one attempt: a random UUID, which its conditional writes check.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LeaseId(String);
 
@@ -279,7 +279,11 @@ pub enum Guard {
     /// The job is `queued` or `running`, whatever its lease.
     Unfinished,
     /// Startable at this time, and unchanged since the second time.
-    Stranded(DateTime<Utc>, DateTime<Utc>, u32),
+    Stranded {
+        at: DateTime<Utc>,
+        unchanged_since: DateTime<Utc>,
+        max_attempts: u32,
+    },
 }
 
 impl Guard {
@@ -298,7 +302,11 @@ impl Guard {
                     && job.lease.as_ref().is_some_and(|lease| lease.id == *id)
             }
             Self::Unfinished => !job.status.is_terminal(),
-            Self::Stranded(at, unchanged_since, max_attempts) => {
+            Self::Stranded {
+                at,
+                unchanged_since,
+                max_attempts,
+            } => {
                 job.updated_at <= *unchanged_since
                     && Self::Startable(*at, *max_attempts).admits(job)
             }
@@ -335,7 +343,11 @@ impl Transition {
             Self::Requeue {
                 unchanged_since,
                 max_attempts,
-            } => Guard::Stranded(at, *unchanged_since, *max_attempts),
+            } => Guard::Stranded {
+                at,
+                unchanged_since: *unchanged_since,
+                max_attempts: *max_attempts,
+            },
         }
     }
 }
@@ -367,8 +379,8 @@ pub struct Job {
     pub attempts: u32,
     /// While `running`: the attempt that holds the job, if one does.
     pub lease: Option<Lease>,
-    /// The text the current attempt has generated so far (its last flush); an unfinished
-    /// job's progress, which a cancelled or failed job keeps. A new attempt starts empty.
+    /// The text the latest attempt generated so far (its last flush): an unfinished job's
+    /// progress, which a released, cancelled or failed job keeps. A new attempt starts empty.
     pub partial_output: Option<String>,
     pub completion: Option<Completion>,
     pub failure: Option<JobFailure>,
@@ -479,12 +491,25 @@ impl Job {
     }
 
     /// The failure of a job that attempts stopped working on for good (crashes, time-outs,
-    /// a dead-lettered message), with the model calls it had.
+    /// its model calls used up), with the model calls it had.
     pub fn abandoned(&self) -> JobFailure {
         JobFailure::new(
             FailureCode::WorkerError,
             format!(
                 "The worker stopped before finishing the job, after {} model calls.",
+                self.attempts
+            ),
+        )
+    }
+
+    /// The failure of a job whose message SQS gave up on: its deliveries kept ending
+    /// without an outcome.
+    pub fn dead_lettered(&self) -> JobFailure {
+        JobFailure::new(
+            FailureCode::WorkerError,
+            format!(
+                "The worker stopped before finishing the job: its message was delivered \
+                 again and again without an outcome and was dead-lettered, after {} model calls.",
                 self.attempts
             ),
         )
@@ -590,11 +615,11 @@ mod tests {
             unchanged_since: now - Duration::seconds(unchanged_for),
             max_attempts,
         };
-        #[rustfmt::skip]
         let flush = |lease: &LeaseId| Transition::Flush {
             lease: lease.clone(),
             output: "so far".into(),
         };
+        #[rustfmt::skip]
         let cases: [(&str, Transition, [bool; 7]); 14] = [
             //                                             queued live  expired released succ   failed cancelled
             (
