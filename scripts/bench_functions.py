@@ -54,6 +54,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import zlib
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -74,6 +75,31 @@ CONVERSE_ANSWER = {
     "usage": {"inputTokens": 5, "outputTokens": 7, "totalTokens": 12},
     "metrics": {"latencyMs": 1},
 }
+
+
+def event_message(event_type, payload):
+    """One message of AWS's event-stream framing (what ConverseStream answers): a prelude
+    (total and header lengths, their CRC32), string headers, the JSON payload, a CRC32."""
+    headers = b""
+    for name, value in ((":message-type", "event"), (":event-type", event_type),
+                        (":content-type", "application/json")):
+        headers += bytes([len(name)]) + name.encode() + b"\x07"
+        headers += struct.pack(">H", len(value)) + value.encode()
+    body = json.dumps(payload).encode()
+    prelude = struct.pack(">II", 16 + len(headers) + len(body), len(headers))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    message = prelude + headers + body
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+CONVERSE_STREAM_ANSWER = b"".join([
+    event_message("messageStart", {"role": "assistant"}),
+    event_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Queues wait "}}),
+    event_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "in line."}}),
+    event_message("contentBlockStop", {"contentBlockIndex": 0}),
+    event_message("messageStop", {"stopReason": "end_turn"}),
+    event_message("metadata", {"usage": CONVERSE_ANSWER["usage"], "metrics": {"latencyMs": 1}}),
+])
 TIMEOUT = 60  # seconds for any one step: a start, an invocation, an answer
 
 
@@ -196,10 +222,10 @@ class Handler(BaseHTTPRequestHandler):
                 chunks.append(chunk)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def answer(self, status, body, headers=()):
+    def answer(self, status, body, headers=(), content_type="application/json"):
         data = json.dumps(body).encode() if not isinstance(body, bytes) else body
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers:
             self.send_header(name, value)
@@ -239,6 +265,11 @@ class Handler(BaseHTTPRequestHandler):
         body = self.body()
         answered = time.perf_counter()
         path = self.path
+        if path.startswith("/model/") and path.endswith("/converse-stream"):
+            with self.server.lock:
+                self.server.converse_calls += 1
+            return self.answer(200, CONVERSE_STREAM_ANSWER,
+                               content_type="application/vnd.amazon.eventstream")
         if path.startswith("/model/") and path.endswith("/converse"):
             with self.server.lock:
                 self.server.converse_calls += 1

@@ -13,7 +13,7 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { DEMO, launchChromium, root, startStack } from "../tests/e2e/local-stack.mjs";
+import { launchChromium, root, signIn, startStack } from "../tests/e2e/local-stack.mjs";
 
 const { values: options } = parseArgs({
   options: {
@@ -50,11 +50,7 @@ try {
     if (job?.status === "running" && job.output) afterFlush.push(arrived - Date.parse(job.updated_at));
   });
   await page.goto(stack.url);
-  const form = page.locator("#sign-in-form");
-  await form.getByLabel("E-mail").fill(DEMO.email);
-  await form.getByLabel("Password").fill(DEMO.password);
-  await form.getByRole("button", { name: "Sign in" }).click();
-  await page.getByRole("heading", { name: "New job" }).waitFor({ timeout: 30_000 });
+  await signIn(page);
 
   const firstWord = [];
   const finalText = [];

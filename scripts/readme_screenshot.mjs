@@ -4,7 +4,7 @@
 //   node scripts/readme_screenshot.mjs        (writes docs/images/streaming-job.png)
 
 import path from "node:path";
-import { DEMO, launchChromium, root, startStack } from "../tests/e2e/local-stack.mjs";
+import { launchChromium, root, signIn, startStack } from "../tests/e2e/local-stack.mjs";
 
 const output = path.join(root, "docs/images/streaming-job.png");
 const stack = await startStack(["--words-per-second", "8"]);
@@ -12,11 +12,7 @@ const browser = await launchChromium();
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 860 }, colorScheme: "light" });
   await page.goto(stack.url);
-  const form = page.locator("#sign-in-form");
-  await form.getByLabel("E-mail").fill(DEMO.email);
-  await form.getByLabel("Password").fill(DEMO.password);
-  await form.getByRole("button", { name: "Sign in" }).click();
-  await page.getByRole("heading", { name: "New job" }).waitFor({ timeout: 30_000 });
+  await signIn(page);
 
   const submit = async (prompt) => {
     await page.getByLabel("Prompt", { exact: true }).fill(prompt);

@@ -59,6 +59,15 @@ export async function startStack(args = [], { port } = {}) {
   };
 }
 
+/// Signs `page` in through the UI's form, and waits for the signed-in page.
+export async function signIn(page, { email, password } = DEMO) {
+  const form = page.locator("#sign-in-form");
+  await form.getByLabel("E-mail").fill(email);
+  await form.getByLabel("Password").fill(password);
+  await form.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "New job" }).waitFor({ timeout: 30_000 });
+}
+
 /// Debian's Chromium, headless, as quiet as it can be made.
 export function launchChromium() {
   return chromium.launch({

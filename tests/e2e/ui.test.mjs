@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { DEMO, launchChromium, root, startStack } from "./local-stack.mjs";
+import { DEMO, launchChromium, root, signIn, startStack } from "./local-stack.mjs";
 
 const screenshots = path.join(root, "tests/e2e/screenshots");
 const WAIT = { timeout: 30_000 };
@@ -49,14 +49,6 @@ async function openPage(url, { viewport = { width: 1100, height: 900 }, ...optio
     ...(await page.evaluate(() => window.__violations ?? []).catch(() => [])).map((v) => `CSP: ${v}`),
   ];
   return { page, problems };
-}
-
-async function signIn(page, { email, password }) {
-  const form = page.locator("#sign-in-form");
-  await form.getByLabel("E-mail").fill(email);
-  await form.getByLabel("Password").fill(password);
-  await form.getByRole("button", { name: "Sign in" }).click();
-  await page.getByRole("heading", { name: "New job" }).waitFor(WAIT);
 }
 
 /// Submits a prompt and returns the job's list item once the job has ended.

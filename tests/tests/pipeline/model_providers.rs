@@ -86,16 +86,10 @@ async fn converse_requests_become_chat_completions_and_back() {
     let (url, seen) = chat_server(StatusCode::OK).await;
     let (_server, model) = model_for(url).await;
 
-    let (progress, text) = Progress::channel();
-    let seen_growing = watch_growth(text);
-    let reply = model
-        .generate(&request(OTHER_MODEL), &progress)
-        .await
-        .unwrap();
-    drop(progress);
+    let (reply, seen_growing) = generate_watching(&model, OTHER_MODEL).await;
     assert_eq!(reply.text, "Queues wait.\nMessages flow.");
     assert_eq!(
-        seen_growing.await.unwrap(),
+        seen_growing,
         [
             "Queues ",
             "Queues wait.\nMessages",
@@ -126,17 +120,22 @@ async fn converse_requests_become_chat_completions_and_back() {
     assert_eq!(seen[0]["stream"], true);
 }
 
-/// Every value the text takes, until its sender is gone.
-fn watch_growth(
-    mut text: tokio::sync::watch::Receiver<String>,
-) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
+/// A call to `model_id` that succeeds, and every value its text took as it streamed.
+async fn generate_watching(
+    model: &BedrockTextModel,
+    model_id: &str,
+) -> (pipeline::ports::ModelReply, Vec<String>) {
+    let (progress, mut text) = Progress::channel();
+    let growth = tokio::spawn(async move {
         let mut values = Vec::new();
         while text.changed().await.is_ok() {
             values.push(text.borrow_and_update().clone());
         }
         values
-    })
+    });
+    let reply = model.generate(&request(model_id), &progress).await.unwrap();
+    drop(progress);
+    (reply, growth.await.unwrap())
 }
 
 /// The offline model writes word by word at its pace; the SDK's `converse_stream` reads the
@@ -151,14 +150,7 @@ async fn the_offline_model_streams_word_by_word() {
         .await
         .unwrap();
     let model = BedrockTextModel::new(&sdk_config(&server.url()).await);
-    let (progress, text) = Progress::channel();
-    let growth = watch_growth(text);
-    let reply = model
-        .generate(&request(DEFAULT_MODEL), &progress)
-        .await
-        .unwrap();
-    drop(progress);
-    let values = growth.await.unwrap();
+    let (reply, values) = generate_watching(&model, DEFAULT_MODEL).await;
     let words = reply.text.split_whitespace().count();
     assert!(words > 10, "{}", reply.text);
     assert_eq!(values.len(), words, "one piece a word: {values:?}");
