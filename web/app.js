@@ -657,6 +657,23 @@ function showOutput(entry) {
   showMarkdown(field(element, "markdown"), job.output);
 }
 
+/// "12 tokens in, 80 out, cost $0.000012": what the job used, and what it cost where the
+/// service knows its model's price.
+function usageText(job) {
+  if (!job.usage) return "";
+  const tokens = `${job.usage.input_tokens} tokens in, ${job.usage.output_tokens} out`;
+  return job.cost_usd === undefined ? tokens : `${tokens}, cost ${dollars(job.cost_usd)}`;
+}
+
+/// Dollars with two significant digits below a cent (model calls cost fractions of one),
+/// never in exponent notation.
+function dollars(amount) {
+  if (amount >= 0.01) return `$${amount.toFixed(4)}`;
+  if (amount <= 0) return "$0";
+  const decimals = Math.min(20, 1 - Math.floor(Math.log10(amount)));
+  return `$${amount.toFixed(decimals)}`;
+}
+
 function render(job) {
   const entry = jobs.get(job.job_id) ?? newEntry(job.job_id);
   const before = entry.job;
@@ -688,10 +705,7 @@ function render(job) {
   }
   showSettings(entry);
   showTimes(entry);
-  setText(
-    field(element, "usage"),
-    current.usage ? `${current.usage.input_tokens} tokens in, ${current.usage.output_tokens} out` : "",
-  );
+  setText(field(element, "usage"), usageText(current));
   const error = field(element, "error");
   error.hidden = !current.error;
   setText(error, current.error ? plain(`Failed: ${current.error.message}`) : "");

@@ -264,6 +264,7 @@ async fn run(options: Options) -> Result<(), Error> {
     }
     // The queue's visibility timeout is the invocation's time, as in the template.
     worker_settings.write_reserve = Duration::from_secs(options.worker_timeout / 6);
+    let max_attempts = worker_settings.max_attempts;
 
     let mut progress = Progress::new(6);
     progress.begin("AWS emulator (moto)");
@@ -332,13 +333,7 @@ async fn run(options: Options) -> Result<(), Error> {
         authorizer(&options, &aws_url, &pool),
         GatewayConfig {
             web_dir: options.web_dir.clone(),
-            web_config: web_config(
-                &options,
-                &own_origin,
-                &pool,
-                &api_settings,
-                worker_settings.max_attempts,
-            ),
+            web_config: web_config(&options, &own_origin, &pool, &api_settings, max_attempts),
             cognito_endpoint: format!("{aws_url}/"),
             allowed_origin: api_settings.http.origin().to_owned(),
             port,

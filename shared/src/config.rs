@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use crate::domain::Limits;
+use crate::domain::{Limits, PriceTable};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -56,6 +56,22 @@ impl Env {
                 value,
                 expected,
             }),
+        }
+    }
+
+    /// The shipped price table, with `MODEL_PRICES` (the same JSON shape as
+    /// `shared/prices.json`) replacing or adding models.
+    pub fn prices(&self) -> Result<PriceTable, ConfigError> {
+        let table = PriceTable::defaults();
+        match self.optional("MODEL_PRICES") {
+            None => Ok(table),
+            Some(overrides) => table
+                .with_overrides(&overrides)
+                .map_err(|_| ConfigError::Invalid {
+                    name: "MODEL_PRICES",
+                    value: overrides,
+                    expected: "a JSON price table in the shape of shared/prices.json",
+                }),
         }
     }
 
@@ -137,6 +153,25 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn model_prices_override_the_shipped_table_or_name_the_variable() {
+        let shipped = env(&[]).prices().unwrap();
+        assert_eq!(shipped, PriceTable::defaults());
+        let overridden = env(&[(
+            "MODEL_PRICES",
+            r#"{"my.model": {"input": "1", "output": "2"}}"#,
+        )])
+        .prices()
+        .unwrap();
+        assert!(overridden.price("my.model").is_some());
+        assert!(
+            overridden.price("amazon.nova-micro-v1:0").is_some(),
+            "the rest is kept"
+        );
+        let error = env(&[("MODEL_PRICES", "cheap")]).prices().unwrap_err();
+        assert!(error.to_string().contains("MODEL_PRICES"), "{error}");
     }
 
     #[test]

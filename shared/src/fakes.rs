@@ -617,7 +617,7 @@ mod tests {
             text: "t".into(),
             stop_reason: "end_turn".into(),
         };
-        let artifact = Artifact::new(&job, response, Usage::default(), at(1), 5);
+        let artifact = Artifact::new(&job, response, Usage::default(), None, at(1), 5);
         artifacts.fail_next_put();
         assert!(artifacts.put("k", &artifact).await.is_err());
         assert!(artifacts.keys().is_empty());

@@ -38,6 +38,7 @@ fn succeed(lease: &LeaseId) -> Transition {
             stop_reason: "end_turn".into(),
             usage: Usage::default(),
             artifact_key: "k".into(),
+            cost: None,
         },
     }
 }

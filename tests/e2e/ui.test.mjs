@@ -181,7 +181,8 @@ describe("the web UI", { concurrency: true }, () => {
       const text = await output.textContent();
       assert.match(text, /offline model/);
       assert.ok(text.endsWith(`You asked: ${prompt}`), `whitespace kept: ${JSON.stringify(text)}`);
-      assert.match(await item.locator('[data-field="usage"]').innerText(), /tokens in, \d+ out/);
+      // Amazon Nova Micro has a shipped price: the job shows what it cost.
+      assert.match(await item.locator('[data-field="usage"]').innerText(), /^\d+ tokens in, \d+ out, cost \$0\.0*\d{2}$/);
       await page.screenshot({ path: path.join(screenshots, "job-succeeded.png"), fullPage: true });
 
       // A reload keeps the session and shows the job again, from the API.
@@ -878,7 +879,8 @@ describe("the web UI", { concurrency: true }, () => {
       assert.equal(await box.isVisible(), true, "the text stays on screen");
       assert.equal(await item.locator('[data-field="output-title"]').innerText(), "Output before it was stopped");
       const kept = (await rendered(item).innerText()).trim();
-      assert.match(kept, /^This answer comes/);
+      const whole = `This answer comes from the offline model standing in for`;
+      assert.ok(kept && (whole.startsWith(kept) || kept.startsWith(whole)), `kept: ${kept}`);
       assert.ok(!kept.endsWith(prompt), `the answer was cut short: ${kept}`);
       // Nothing more is written, and a reload (the list carries no text) shows the same.
       await page.waitForTimeout(1500);

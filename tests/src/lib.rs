@@ -208,6 +208,7 @@ impl Stack {
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(4),
             stream_flush: Duration::from_millis(STREAM_FLUSH_MS),
+            prices: std::sync::Arc::new(pipeline::domain::PriceTable::defaults()),
         }
     }
 

@@ -518,7 +518,8 @@ def test_functions_get_the_contracts_environment(resources):
     assert env["JobStatusFunction"] == {
         "JOBS_TABLE", "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK"}
     assert env["WorkerFunction"] == {
-        "JOBS_TABLE", "ARTIFACTS_BUCKET", "JOBS_QUEUE_URL", "MAX_ATTEMPTS", "STREAM_FLUSH_MS"}
+        "JOBS_TABLE", "ARTIFACTS_BUCKET", "JOBS_QUEUE_URL", "MAX_ATTEMPTS", "STREAM_FLUSH_MS",
+        "MODEL_PRICES"}
     assert env["RecoveryFunction"] == {
         "JOBS_TABLE", "JOBS_QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "ARTIFACTS_BUCKET", "MAX_ATTEMPTS",
         "RECOVER_AFTER_SECONDS"}

@@ -110,6 +110,7 @@ fn job(state: State, attempts: u32, idle: Duration) -> Job {
                 stop_reason: "end_turn".into(),
                 usage: Usage::default(),
                 artifact_key: "artifacts/user-a/x.json".into(),
+                cost: None,
             });
         }
         State::Failed => {
@@ -411,7 +412,7 @@ async fn left_behind(world: &World, job: &Job) -> Vec<String> {
             text: "lost".into(),
             stop_reason: "end_turn".into(),
         };
-        let artifact = Artifact::new(job, response, Usage::default(), now(), 1);
+        let artifact = Artifact::new(job, response, Usage::default(), None, now(), 1);
         let key = job.artifact_key(attempt);
         world.artifacts.put(&key, &artifact).await.unwrap();
         keys.push(key);

@@ -6,6 +6,7 @@
 //! attempt holds only while the lease is still its own, so two deliveries of one message never
 //! both finish a job, and a `succeeded` job's record and artifact always agree.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -15,7 +16,7 @@ use pipeline::config::{ConfigError, Env};
 use pipeline::delivery::{self, Deliveries, Outcome};
 use pipeline::domain::{
     Artifact, ArtifactResponse, Completion, FailureCode, Job, JobFailure, JobId, Lease, LeaseId,
-    Transition, Transitioned,
+    PriceTable, TokenCounts, Transition, Transitioned,
 };
 use pipeline::ports::{
     ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, Progress, Redelivery, TextModel,
@@ -31,7 +32,7 @@ pub struct Config {
     pub settings: Settings,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Model calls a job may have before a retryable failure becomes `model_unavailable`.
     pub max_attempts: u32,
@@ -43,6 +44,8 @@ pub struct Settings {
     pub retry_cap: Duration,
     /// The least time between two flushes of a streaming answer into the job.
     pub stream_flush: Duration,
+    /// What each model's tokens cost: a succeeded job records its cost.
+    pub prices: Arc<PriceTable>,
 }
 
 impl Config {
@@ -57,8 +60,8 @@ impl Config {
 }
 
 impl Settings {
-    /// `MAX_ATTEMPTS`, `RETRY_BASE_SECONDS`, `RETRY_MAX_SECONDS`, `STREAM_FLUSH_MS`; the local
-    /// stack reads them the same way.
+    /// `MAX_ATTEMPTS`, `RETRY_BASE_SECONDS`, `RETRY_MAX_SECONDS`, `STREAM_FLUSH_MS`,
+    /// `MODEL_PRICES`; the local stack reads them the same way.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             max_attempts: env.max_attempts()?,
@@ -66,6 +69,7 @@ impl Settings {
             retry_base: Duration::from_secs(env.positive("RETRY_BASE_SECONDS", 2)?),
             retry_cap: Duration::from_secs(env.positive("RETRY_MAX_SECONDS", 60)?),
             stream_flush: Duration::from_millis(env.positive("STREAM_FLUSH_MS", 250)?),
+            prices: Arc::new(env.prices()?),
         })
     }
 }
@@ -292,7 +296,14 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
             text: reply.text,
             stop_reason: reply.stop_reason,
         };
-        let artifact = Artifact::new(job, response, reply.usage, completed_at, latency_ms);
+        let cost = self.settings.prices.price(&job.request.model).map(|price| {
+            price.cost(&TokenCounts {
+                input: reply.usage.input_tokens,
+                output: reply.usage.output_tokens,
+                ..TokenCounts::default()
+            })
+        });
+        let artifact = Artifact::new(job, response, reply.usage, cost, completed_at, latency_ms);
         if let Err(cause) = self.artifacts.put(&key, &artifact).await {
             let cause = format!("could not write the artifact: {cause}");
             return self.release(delivery, job, lease, &cause).await;
@@ -304,6 +315,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                 stop_reason: artifact.response.stop_reason,
                 usage: reply.usage,
                 artifact_key: key.clone(),
+                cost,
             },
         };
         match self.store.transition(job.id, &succeed, completed_at).await {
@@ -311,6 +323,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                 info!(
                     input_tokens = reply.usage.input_tokens,
                     output_tokens = reply.usage.output_tokens,
+                    cost_usd = cost.map(|cost| cost.to_string()),
                     latency_ms,
                     "job succeeded"
                 );

@@ -10,8 +10,8 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pipeline::domain::{
-    Completion, FailureCode, GenerateRequest, Job, JobFailure, JobId, JobStatus, Lease, Owner,
-    Transition, Transitioned, Usage,
+    Completion, FailureCode, GenerateRequest, Job, JobFailure, JobId, JobStatus, Lease, NanoUsd,
+    Owner, Transition, Transitioned, Usage,
 };
 use pipeline::fakes::{
     InMemoryArtifacts, InMemoryJobStore, RecordedRedelivery, ScriptedModel, StoreOp, model_reply,
@@ -35,6 +35,7 @@ fn settings(max_attempts: u32) -> Settings {
         retry_base: BASE,
         retry_cap: CAP,
         stream_flush: Duration::from_millis(STREAM_FLUSH_MS),
+        prices: std::sync::Arc::new(pipeline::domain::PriceTable::defaults()),
     }
 }
 
@@ -188,6 +189,7 @@ impl Before {
                     stop_reason: "end_turn".into(),
                     usage: Usage::default(),
                     artifact_key: "artifacts/user-a/earlier.json".into(),
+                    cost: None,
                 });
             }
             Self::Failed => {
@@ -340,6 +342,15 @@ fn assert_artifact_matches(name: &str, artifacts: &InMemoryArtifacts, job: &Job)
         "{name}"
     );
     assert_eq!(artifact.usage, completion.usage, "{name}");
+    // Amazon Nova Micro's shipped price: $0.000035 in and $0.00014 out per 1,000 tokens.
+    let reply_usage = model_reply(ANSWER).usage;
+    let cost = NanoUsd(reply_usage.input_tokens * 35 + reply_usage.output_tokens * 140);
+    assert_eq!(
+        completion.cost,
+        Some(cost),
+        "{name}: the job's cost at its model's price"
+    );
+    assert_eq!(artifact.cost_usd, Some(cost.as_usd()), "{name}");
     assert_eq!(artifact.job_id, job.id.to_string(), "{name}");
     assert_eq!(artifact.request.prompt, job.request.prompt, "{name}");
     let reply = model_reply(ANSWER);
@@ -888,8 +899,14 @@ async fn a_finished_job_keeps_no_artifact_of_the_attempts_that_died() {
                 text: "lost".into(),
                 stop_reason: "end_turn".into(),
             };
-            let artifact =
-                pipeline::domain::Artifact::new(job, response, Usage::default(), Utc::now(), 1);
+            let artifact = pipeline::domain::Artifact::new(
+                job,
+                response,
+                Usage::default(),
+                None,
+                Utc::now(),
+                1,
+            );
             world
                 .artifacts
                 .put(&job.artifact_key(attempt), &artifact)
@@ -1085,4 +1102,26 @@ async fn a_retryable_error_mid_stream_is_the_attempts_failure() {
     );
     let done = world.store.job(job.id).unwrap();
     assert_eq!(done.completion.unwrap().output, ANSWER);
+}
+
+/// A model without a price (none shipped, none in MODEL_PRICES) still runs; its job records
+/// no cost rather than a wrong one.
+#[tokio::test]
+async fn a_job_of_a_model_without_a_price_records_no_cost() {
+    let world = World::new(3);
+    let mut job = queued_job();
+    job.request.model = "some.unpriced-model-v1:0".into();
+    world.store.seed(job.clone());
+    world.model.push(Ok(model_reply(ANSWER)));
+    assert!(
+        world
+            .deliver(vec![message(job.id, "m-1", 1)])
+            .await
+            .is_empty()
+    );
+    let done = world.store.job(job.id).unwrap();
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.completion.unwrap().cost, None);
+    let key = &world.artifacts.keys()[0];
+    assert_eq!(world.artifacts.get(key).unwrap().cost_usd, None);
 }

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use super::describe;
 use crate::domain::{
     Completion, GenerateRequest, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Lease,
-    LeaseId, Owner, RateWindow, Transition, Transitioned, Usage, format_timestamp, parse_timestamp,
+    LeaseId, NanoUsd, Owner, RateWindow, Transition, Transitioned, Usage, format_timestamp,
+    parse_timestamp,
 };
 use crate::ports::{Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable};
 
@@ -230,13 +231,16 @@ impl Update {
                 sets.push(("output", s(output)));
                 removes.clear(); // the attempt keeps its lease
             }
-            Transition::Succeed { completion, .. } => sets.extend([
-                ("output", s(&completion.output)),
-                ("stop_reason", s(&completion.stop_reason)),
-                ("input_tokens", n(completion.usage.input_tokens)),
-                ("output_tokens", n(completion.usage.output_tokens)),
-                ("artifact_key", s(&completion.artifact_key)),
-            ]),
+            Transition::Succeed { completion, .. } => {
+                sets.extend([
+                    ("output", s(&completion.output)),
+                    ("stop_reason", s(&completion.stop_reason)),
+                    ("input_tokens", n(completion.usage.input_tokens)),
+                    ("output_tokens", n(completion.usage.output_tokens)),
+                    ("artifact_key", s(&completion.artifact_key)),
+                ]);
+                sets.extend(completion.cost.map(|cost| ("cost_nano_usd", n(cost.0))));
+            }
             Transition::Fail { failure, .. } => sets.extend([
                 ("error_code", s(&failure.code)),
                 ("error_message", s(&failure.message)),
@@ -445,6 +449,7 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
                 output_tokens: number("output_tokens")?.unwrap_or(0),
             },
             artifact_key: record.text("artifact_key").unwrap_or_default().to_owned(),
+            cost: number("cost_nano_usd")?.map(NanoUsd),
         }),
         _ => None,
     };

@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-use super::{Job, Usage, format_timestamp};
+use super::{Job, NanoUsd, Usage, format_timestamp};
 
 /// The full record of one generation, written to S3 as JSON (the contract's artifact shape).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -11,6 +11,9 @@ pub struct Artifact {
     pub request: ArtifactRequest,
     pub response: ArtifactResponse,
     pub usage: Usage,
+    /// In US dollars, at the model's price; absent for a model without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     pub created_at: String,
     pub completed_at: String,
     pub latency_ms: u64,
@@ -37,6 +40,7 @@ impl Artifact {
         job: &Job,
         response: ArtifactResponse,
         usage: Usage,
+        cost: Option<NanoUsd>,
         completed_at: chrono::DateTime<chrono::Utc>,
         latency_ms: u64,
     ) -> Self {
@@ -53,6 +57,7 @@ impl Artifact {
             },
             response,
             usage,
+            cost_usd: cost.map(NanoUsd::as_usd),
             created_at: format_timestamp(job.created_at),
             completed_at: format_timestamp(completed_at),
             latency_ms,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{GenerateRequest, RequestError};
+use super::{GenerateRequest, NanoUsd, RequestError};
 
 /// A job's id: a lower-case UUID v4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,6 +149,8 @@ pub struct Completion {
     pub stop_reason: String,
     pub usage: Usage,
     pub artifact_key: String,
+    /// What the model call cost, at the model's price (`None`: the model has no price).
+    pub cost: Option<NanoUsd>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -604,6 +606,7 @@ mod tests {
             stop_reason: "end_turn".into(),
             usage: Usage::default(),
             artifact_key: "k".into(),
+            cost: None,
         };
         let lease_b = Lease::new(now + Duration::seconds(60));
         let start = |max_attempts| Transition::Start {
@@ -677,6 +680,7 @@ mod tests {
                         stop_reason: String::new(),
                         usage: Usage::default(),
                         artifact_key: String::new(),
+                        cost: None,
                     },
                 },
                 [false; 7],
@@ -788,6 +792,7 @@ mod tests {
             stop_reason: "end_turn".into(),
             usage: Usage::default(),
             artifact_key: job.artifact_key(2),
+            cost: None,
         });
         assert_eq!(job.leftover_artifacts(), [all[0].clone(), all[2].clone()]);
 

@@ -61,6 +61,10 @@ pub struct JobView {
     pub output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// What the job cost, in US dollars, once it succeeded (absent for a model without a
+    /// price).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact: Option<ArtifactLocation>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +111,7 @@ impl JobView {
                 .map(|c| c.output.clone())
                 .or_else(|| job.partial_output.clone()),
             usage: completion.map(|c| c.usage),
+            cost_usd: completion.and_then(|c| c.cost).map(|cost| cost.as_usd()),
             artifact: completion.map(|c| ArtifactLocation {
                 bucket: artifacts_bucket.to_owned(),
                 key: c.artifact_key.clone(),

@@ -140,7 +140,16 @@ async fn a_prompt_goes_all_the_way_to_an_artifact_and_back() {
     assert_eq!(artifact["created_at"], created_at);
     assert_eq!(artifact["completed_at"], completed_at);
     assert!(artifact["latency_ms"].is_u64());
-    assert_eq!(artifact.as_object().unwrap().len(), 9, "{artifact}");
+    // Its cost at the model's shipped price (Claude 3 Haiku: $0.00025 in, $0.00125 out per
+    // 1,000 tokens), in nano-dollars: 7 × 250 + n × 1,250.
+    let cost_nano = 7 * 250 + output_tokens.parse::<u64>().unwrap() * 1_250;
+    assert_eq!(
+        item["cost_nano_usd"],
+        AttributeValue::N(cost_nano.to_string())
+    );
+    let cost_usd = cost_nano as f64 / 1e9;
+    assert_eq!(artifact["cost_usd"].as_f64(), Some(cost_usd));
+    assert_eq!(artifact.as_object().unwrap().len(), 10, "{artifact}");
 
     // The owner polls and sees it all.
     let response = stack
@@ -164,6 +173,7 @@ async fn a_prompt_goes_all_the_way_to_an_artifact_and_back() {
     assert_eq!(view["updated_at"], completed_at);
     assert_eq!(view["output"], output);
     assert_eq!(view["usage"], artifact["usage"]);
+    assert_eq!(view["cost_usd"], artifact["cost_usd"]);
     assert_eq!(
         view["artifact"],
         json!({"bucket": stack.resources.bucket, "key": key})
@@ -179,6 +189,7 @@ async fn a_prompt_goes_all_the_way_to_an_artifact_and_back() {
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(list["jobs"][0]["job_id"], job_id);
     assert_eq!(list["jobs"][0]["usage"], artifact["usage"]);
+    assert_eq!(list["jobs"][0]["cost_usd"], artifact["cost_usd"]);
     assert!(list["jobs"][0].get("output").is_none());
     assert_eq!(list["next_cursor"], serde_json::Value::Null);
 }
