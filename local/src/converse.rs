@@ -574,7 +574,13 @@ async fn stream_openai(
         )
     };
     loop {
-        let chunk = match upstream.chunk().await {
+        // A caller that hung up ends the upstream request at once (dropping it stops the
+        // server's generation), even while the server sends nothing to pass on.
+        let next = tokio::select! {
+            next = upstream.chunk() => next,
+            () = sender.closed() => return,
+        };
+        let chunk = match next {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(error) => {

@@ -240,3 +240,53 @@ async fn the_servers_errors_keep_their_meaning() {
         .unwrap_err();
     assert!(matches!(error, ModelError::Retryable(_)), "{error}");
 }
+
+/// A caller that hangs up ends the request to the OpenAI-compatible server, even while the
+/// server has written nothing yet (a model thinking): no generation runs on for nobody.
+#[tokio::test]
+async fn a_caller_that_hangs_up_ends_the_servers_generation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Set when the server's response is dropped: its client went away.
+    struct Ended(Arc<AtomicBool>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let ended = Arc::new(AtomicBool::new(false));
+    let flag = ended.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let flag = flag.clone();
+            async move {
+                // Headers at once, then silence for a minute.
+                let silent = futures::stream::once(async move {
+                    let _ended = Ended(flag);
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    Ok::<_, std::io::Error>("data: [DONE]\n\n")
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(silent),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (_server, model) = model_for(url).await;
+
+    let (asked, progress) = (request(DEFAULT_MODEL), Progress::channel().0);
+    let call = model.generate(&asked, &progress);
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(500), call).await;
+    assert!(gave_up.is_err(), "the server wrote nothing");
+    for _ in 0..50 {
+        if ended.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the server's generation ran on after its caller hung up");
+}
