@@ -313,12 +313,15 @@ impl ScriptedModel {
     /// Adds a call that streams `chunks`, `pause` apart, then ends with `end`.
     pub fn push_stream(
         &self,
-        chunks: &[&str],
+        chunks: &[impl AsRef<str>],
         pause: Duration,
         end: Result<ModelReply, ModelError>,
     ) {
         lock(&self.state).script.push_back(Step::Stream {
-            chunks: chunks.iter().map(|chunk| chunk.to_string()).collect(),
+            chunks: chunks
+                .iter()
+                .map(|chunk| chunk.as_ref().to_owned())
+                .collect(),
             pause,
             end,
         });

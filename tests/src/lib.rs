@@ -307,6 +307,24 @@ impl Stack {
         event.records.into_iter().filter_map(|r| r.body).collect()
     }
 
+    /// Messages on the queue at `queue_url`, waiting or in flight.
+    pub async fn messages_in(&self, queue_url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        aws_sdk_sqs::Client::new(&self.aws)
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap_or_default()
+            .values()
+            .map(|count| count.parse::<u64>().unwrap())
+            .sum()
+    }
+
     /// The raw DynamoDB item of a job.
     pub async fn item(
         &self,

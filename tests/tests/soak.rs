@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::Utc;
 use futures::StreamExt;
 use integration_tests::*;
@@ -249,22 +248,6 @@ async fn recover(stack: &Stack, figures: &Figures, mut stop: watch::Receiver<boo
     }
 }
 
-async fn messages_in(stack: &Stack, queue_url: &str) -> u64 {
-    aws_sdk_sqs::Client::new(&stack.aws)
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap_or_default()
-        .values()
-        .map(|count| count.parse::<u64>().unwrap())
-        .sum()
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Submitted {
     Once,
@@ -368,8 +351,11 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
                     finished &= job.status.is_terminal();
                 }
                 if finished
-                    && messages_in(&stack, &stack.resources.queue_url).await == 0
-                    && messages_in(&stack, &stack.resources.dead_letter_queue_url).await == 0
+                    && stack.messages_in(&stack.resources.queue_url).await == 0
+                    && stack
+                        .messages_in(&stack.resources.dead_letter_queue_url)
+                        .await
+                        == 0
                 {
                     break;
                 }

@@ -198,14 +198,18 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         let left = std::time::Duration::from_secs(PREFER_WAIT_MAX_SECONDS)
             .saturating_sub(started.elapsed());
         let wait = std::time::Duration::from_secs(seconds).min(left);
-        let waited = long_poll::wait_for(&self.store, job.id, wait, finished)
-            .await
-            .unwrap_or_else(|cause| {
-                // The job is recorded and queued: the usual answer, not a 503 that would
-                // make a client without an Idempotency-Key submit it twice.
-                warn!(%cause, "could not wait for the job; answered without waiting");
-                None
-            });
+        let waited = if finished(&job) {
+            Some(job.clone())
+        } else {
+            long_poll::wait_for(&self.store, job.id, wait, finished)
+                .await
+                .unwrap_or_else(|cause| {
+                    // The job is recorded and queued: the usual answer, not a 503 that would
+                    // make a client without an Idempotency-Key submit it twice.
+                    warn!(%cause, "could not wait for the job; answered without waiting");
+                    None
+                })
+        };
         match waited {
             Some(done) if finished(&done) => Ok((
                 StatusCode::OK,

@@ -111,26 +111,22 @@ async fn job<S: JobStore>(
     let Query(query) = query.map_err(|_| {
         ApiError::invalid_request("The query string could not be read; use wait and after.")
     })?;
-    let wait = match query.wait {
-        None => 0,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|wait| *wait <= LONG_POLL_MAX_SECONDS)
-            .ok_or_else(|| {
-                ApiError::invalid_request(format!(
-                    "Query parameter wait must be a whole number of seconds from 0 to {LONG_POLL_MAX_SECONDS}."
-                ))
-            })?,
-    };
-    let after: i64 = match query.after {
-        None => -1,
-        Some(text) => text.parse().ok().filter(|after| *after >= -1).ok_or_else(|| {
-            ApiError::invalid_request(
-                "Query parameter after must be a seq this API returned (a whole number), or -1.",
+    let wait = query_number(
+        query.wait,
+        0,
+        |wait| *wait <= LONG_POLL_MAX_SECONDS,
+        || {
+            format!(
+                "Query parameter wait must be a whole number of seconds from 0 to {LONG_POLL_MAX_SECONDS}."
             )
-        })?,
-    };
+        },
+    )?;
+    let after: i64 = query_number(
+        query.after,
+        -1,
+        |after| *after >= -1,
+        || "Query parameter after must be a seq this API returned (a whole number), or -1.".into(),
+    )?;
     let job = status.own_job(&caller, &id).await?;
     let changed = |job: &Job| job.seq as i64 > after || job.status.is_terminal();
     let job = if wait == 0 || changed(&job) {
@@ -202,18 +198,12 @@ async fn list<S: JobStore>(
     let Query(query) = query.map_err(|_| {
         ApiError::invalid_request("The query string could not be read; use limit and cursor.")
     })?;
-    let limit = match query.limit {
-        None => DEFAULT_PAGE_SIZE,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|limit| (1..=MAX_PAGE_SIZE).contains(limit))
-            .ok_or_else(|| {
-                ApiError::invalid_request(format!(
-                    "Query parameter limit must be a whole number from 1 to {MAX_PAGE_SIZE}."
-                ))
-            })?,
-    };
+    let limit = query_number(
+        query.limit,
+        DEFAULT_PAGE_SIZE,
+        |limit| (1..=MAX_PAGE_SIZE).contains(limit),
+        || format!("Query parameter limit must be a whole number from 1 to {MAX_PAGE_SIZE}."),
+    )?;
     let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let page = status
         .store
@@ -227,6 +217,23 @@ async fn list<S: JobStore>(
             .collect(),
         next_cursor: page.next.as_ref().map(encode_cursor),
     }))
+}
+
+/// A number in the query string: `default` when absent, else one that parses and that
+/// `valid` admits, or `400 invalid_request` with the sentence `refusal` makes.
+fn query_number<T: std::str::FromStr>(
+    text: Option<String>,
+    default: T,
+    valid: impl Fn(&T) -> bool,
+    refusal: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.parse()
+        .ok()
+        .filter(valid)
+        .ok_or_else(|| ApiError::invalid_request(refusal()))
 }
 
 /// The cursor's inside; callers see only its opaque base64url form.

@@ -1007,8 +1007,7 @@ async fn a_streamed_answer_is_flushed_as_it_grows() {
     // Chunks closer together than the flush interval are flushed together.
     let world = World::new(3);
     world.store.seed(job.clone());
-    let many: Vec<String> = (0..40).map(|n| format!("w{n} ")).collect();
-    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let many = words(40);
     world
         .model
         .push_stream(&many, Duration::from_millis(1), Ok(model_reply("ignored")));
@@ -1020,6 +1019,11 @@ async fn a_streamed_answer_is_flushed_as_it_grows() {
     );
 }
 
+/// `count` chunks of a streamed answer, a word each: `w0 w1 …`.
+fn words(count: usize) -> Vec<String> {
+    (0..count).map(|n| format!("w{n} ")).collect()
+}
+
 /// The owner cancels while the answer streams: the attempt's next flush is refused, its
 /// stream is stopped, and the cancelled job keeps the text it had; no artifact is written.
 #[tokio::test]
@@ -1027,8 +1031,7 @@ async fn a_cancellation_mid_stream_stops_the_stream_and_keeps_the_text() {
     let world = World::new(3);
     let job = queued_job();
     world.store.seed(job.clone());
-    let chunks: Vec<String> = (0..100).map(|n| format!("w{n} ")).collect();
-    let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+    let chunks = words(100);
     world.model.push_stream(
         &chunks,
         Duration::from_millis(5),

@@ -189,21 +189,17 @@ async fn a_throttle_mid_stream_is_retryable_after_some_text() {
     );
 
     // Not streamed, the same fault is a plain 429 (the `converse` route).
+    let converse = || async {
+        reqwest::Client::new()
+            .post(format!("{}/model/{DEFAULT_MODEL}/converse", server.url()))
+            .json(&json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}))
+            .send()
+            .await
+            .unwrap()
+    };
     server.fail_next(Fault::ThrottleAfter(3));
-    let answer = reqwest::Client::new()
-        .post(format!("{}/model/{DEFAULT_MODEL}/converse", server.url()))
-        .json(&json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 429);
-    let answer = reqwest::Client::new()
-        .post(format!("{}/model/{DEFAULT_MODEL}/converse", server.url()))
-        .json(&json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}))
-        .send()
-        .await
-        .unwrap();
-    let body: Value = answer.json().await.unwrap();
+    assert_eq!(converse().await.status(), 429);
+    let body: Value = converse().await.json().await.unwrap();
     assert!(
         body["output"]["message"]["content"][0]["text"]
             .as_str()

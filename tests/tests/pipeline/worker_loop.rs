@@ -3,27 +3,9 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use integration_tests::*;
 use local::converse::Fault;
 use tokio::sync::watch;
-
-async fn messages_left(stack: &Stack) -> u64 {
-    let attributes = aws_sdk_sqs::Client::new(&stack.aws)
-        .get_queue_attributes()
-        .queue_url(&stack.resources.queue_url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap();
-    attributes
-        .values()
-        .map(|count| count.parse::<u64>().unwrap())
-        .sum()
-}
 
 #[tokio::test]
 async fn a_reported_failure_is_retried_and_an_acknowledged_message_is_gone() {
@@ -62,7 +44,7 @@ async fn a_reported_failure_is_retried_and_an_acknowledged_message_is_gone() {
     );
     assert_eq!(stack.bedrock.calls().len(), 2);
     assert_eq!(
-        messages_left(&stack).await,
+        stack.messages_in(&stack.resources.queue_url).await,
         0,
         "the acknowledged message was deleted"
     );
