@@ -4,6 +4,8 @@
 //!   axum routers, mounted unchanged, with the claims in the request context as API Gateway
 //!   puts them there. Preflights are answered first, as API Gateway's CORS configuration does.
 //! - `/config.json`: the web UI's configuration.
+//! - `/metrics`: the pipeline's metrics as the local stack aggregates them (`crate::metrics`);
+//!   no token, like the UI's files: it is local-only, and holds counts, no job or user.
 //! - `/cognito`: the client-side calls of Cognito's JSON API that the web UI makes (and only
 //!   those), forwarded to the emulator's Cognito, on the UI's own origin.
 //! - everything else: the static files of `web/`.
@@ -119,6 +121,7 @@ pub fn router(
     };
     Router::new()
         .route("/config.json", get(web_config))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/cognito", post(cognito))
         .with_state(gateway.clone())
         .fallback(site)

@@ -9,11 +9,14 @@
 //! - [`authorizer`] and [`gateway`]: API Gateway's part (JWT check, events to handlers,
 //!   CORS) and CloudFront's (the web UI), on one local port.
 //! - [`worker_loop`]: the SQS event source mapping's part.
+//! - [`metrics`]: CloudWatch's part for the functions' EMF metrics: aggregated, served at
+//!   `GET /metrics` and summarised in the log.
 
 pub mod authorizer;
 pub mod converse;
 pub mod event_source;
 pub mod gateway;
+pub mod metrics;
 pub mod moto;
 pub mod provision;
 pub mod worker_loop;

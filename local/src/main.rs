@@ -38,6 +38,8 @@ const DEFAULT_PORT: u16 = 3000;
 const DEMO_EMAIL: &str = "demo@example.com";
 const DEMO_PASSWORD: &str = "Demo-Password-2026!";
 const LOCAL_RECOVER_AFTER: Duration = Duration::from_secs(90);
+/// How often the metrics' one-line summary is logged (when something changed).
+const METRICS_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Provider {
@@ -226,6 +228,12 @@ async fn main() {
 /// The whole stack, step by step, until Ctrl-C or SIGTERM.
 async fn run(options: Options) -> Result<(), Error> {
     let started = Instant::now();
+    // Before any function runs: their metrics come here instead of CloudWatch.
+    let metrics = local::metrics::install();
+    tokio::spawn(local::metrics::log_summaries(
+        metrics,
+        METRICS_SUMMARY_EVERY,
+    ));
     if !options.web_dir.join("index.html").is_file() {
         return Err(format!(
             "no web UI at {} (index.html missing): run from the repository's root or give --web-dir",
@@ -343,7 +351,8 @@ async fn run(options: Options) -> Result<(), Error> {
 
     eprintln!(
         "\nReady in {:.1} s. Open {own_origin} and sign in as {} with password {}\n\
-         (or sign up: the emulator accepts any confirmation code). Ctrl-C stops everything.\n",
+         (or sign up: the emulator accepts any confirmation code). Metrics: {own_origin}/metrics.\n\
+         Ctrl-C stops everything.\n",
         started.elapsed().as_secs_f64(),
         options.demo_email,
         options.demo_password,

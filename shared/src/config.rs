@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use crate::domain::{Limits, PriceTable};
+use crate::domain::{Budget, Limits, NanoUsd, PriceTable};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -15,6 +15,12 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    #[error(
+        "BUDGET_USD_PER_MONTH is set, but these allowed models have no price: {}; add them to \
+         MODEL_PRICES (or remove them from ALLOWED_MODEL_IDS)",
+        .0.join(", ")
+    )]
+    Unpriced(Vec<String>),
 }
 
 /// A snapshot of environment variables; tests build one from a map.
@@ -73,6 +79,36 @@ impl Env {
                     expected: "a JSON price table in the shape of shared/prices.json",
                 }),
         }
+    }
+
+    /// `BUDGET_TOKENS_PER_DAY` and `BUDGET_USD_PER_MONTH`: every user's default limits
+    /// (unset: none). With a dollar budget, every model of `limits` must have a price in
+    /// `prices`, or a job could not be priced before it runs.
+    pub fn budget(&self, limits: &Limits, prices: &PriceTable) -> Result<Budget, ConfigError> {
+        let tokens_per_day = match self.optional("BUDGET_TOKENS_PER_DAY") {
+            None => None,
+            Some(_) => Some(self.positive("BUDGET_TOKENS_PER_DAY", 1u64)?),
+        };
+        let usd_per_month = match self.optional("BUDGET_USD_PER_MONTH") {
+            None => None,
+            Some(value) => Some(NanoUsd::parse_usd(&value).filter(|usd| usd.0 > 0).ok_or(
+                ConfigError::Invalid {
+                    name: "BUDGET_USD_PER_MONTH",
+                    value,
+                    expected: "an amount of dollars above zero, such as 5.00",
+                },
+            )?),
+        };
+        let unpriced = prices.unpriced(&limits.allowed_models);
+        if usd_per_month.is_some() && !unpriced.is_empty() {
+            return Err(ConfigError::Unpriced(
+                unpriced.into_iter().map(str::to_owned).collect(),
+            ));
+        }
+        Ok(Budget {
+            tokens_per_day,
+            usd_per_month,
+        })
     }
 
     /// `MAX_ATTEMPTS`: the model calls a job may have; the worker's limit, which recovery
@@ -172,6 +208,47 @@ mod tests {
         );
         let error = env(&[("MODEL_PRICES", "cheap")]).prices().unwrap_err();
         assert!(error.to_string().contains("MODEL_PRICES"), "{error}");
+    }
+
+    #[test]
+    fn budgets_are_optional_positive_and_need_every_model_priced() {
+        let prices = PriceTable::defaults();
+        let read = |pairs: &[(&str, &str)]| {
+            let env = env(pairs);
+            env.budget(&env.limits().unwrap(), &prices)
+        };
+        assert_eq!(read(&[]), Ok(Budget::default()));
+        assert_eq!(
+            read(&[
+                ("BUDGET_TOKENS_PER_DAY", "50000"),
+                ("BUDGET_USD_PER_MONTH", "2.50")
+            ]),
+            Ok(Budget {
+                tokens_per_day: Some(50_000),
+                usd_per_month: Some(NanoUsd(2_500_000_000)),
+            })
+        );
+        for (name, bad) in [
+            ("BUDGET_TOKENS_PER_DAY", "0"),
+            ("BUDGET_TOKENS_PER_DAY", "lots"),
+            ("BUDGET_USD_PER_MONTH", "0"),
+            ("BUDGET_USD_PER_MONTH", "$5"),
+        ] {
+            let error = read(&[(name, bad)]).unwrap_err().to_string();
+            assert!(error.contains(name) && error.contains(bad), "{error}");
+        }
+        let unpriced = read(&[
+            ("ALLOWED_MODEL_IDS", "amazon.nova-micro-v1:0,my.model"),
+            ("BUDGET_USD_PER_MONTH", "5"),
+        ])
+        .unwrap_err();
+        assert_eq!(unpriced, ConfigError::Unpriced(vec!["my.model".into()]));
+        assert!(unpriced.to_string().contains("my.model"));
+        let tokens_only = read(&[
+            ("ALLOWED_MODEL_IDS", "amazon.nova-micro-v1:0,my.model"),
+            ("BUDGET_TOKENS_PER_DAY", "5"),
+        ]);
+        assert!(tokens_only.is_ok(), "tokens need no prices");
     }
 
     #[test]

@@ -137,7 +137,11 @@ impl<S: JobStore, A: ArtifactStore, R: Redelivery> Deliveries<'_, S, A, R> {
         warn!(code = %failure.code, message = %failure.message, "job failed");
         let fail = Transition::Fail { lease, failure };
         match self.store.transition(id, &fail, Utc::now()).await {
-            Ok(Transitioned::Done(job)) => self.tidy(&job).await,
+            Ok(Transitioned::Done(job)) => {
+                let code = job.failure.as_ref().map(|failure| failure.code.as_str());
+                crate::metrics::job_finished(job.status.as_str(), code);
+                self.tidy(&job).await
+            }
             Ok(Transitioned::Refused(current)) => self.lost(current).await,
             Err(cause) => {
                 warn!(%cause, "could not record the failure; the job will be retried");

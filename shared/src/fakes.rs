@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Artifact, Job, JobId, Owner, Transition, Transitioned, format_timestamp};
+use crate::domain::{
+    Artifact, Budget, BudgetOverride, Job, JobId, Owner, Period, PeriodKind, PeriodUsage,
+    Transition, Transitioned, format_timestamp,
+};
 use crate::ports::{
     ArtifactStore, Inserted, JobQueue, JobStore, ModelError, ModelReply, ModelRequest, Page,
-    PageCursor, Progress, Redelivery, TextModel, Unavailable,
+    PageCursor, Progress, Redelivery, TextModel, Unavailable, UsageLedger,
 };
 
 /// A poisoned lock only means that another test thread panicked; the data is still usable.
@@ -58,7 +61,7 @@ impl StoreOp {
             Transition::Flush { .. } => Self::Flush,
             Transition::Release { .. } => Self::Release,
             Transition::Fail { .. } => Self::Fail,
-            Transition::Cancel => Self::Cancel,
+            Transition::Cancel { .. } => Self::Cancel,
             Transition::Requeue { .. } => Self::Requeue,
         }
     }
@@ -76,6 +79,9 @@ struct StoreState {
     jobs: HashMap<JobId, Job>,
     /// Every version each transition wrote, oldest first.
     history: HashMap<JobId, Vec<Job>>,
+    /// The users' ledgers by key, as the table keeps them.
+    ledgers: HashMap<String, PeriodUsage>,
+    overrides: HashMap<Owner, BudgetOverride>,
     failures: HashMap<StoreOp, u32>,
 }
 
@@ -114,18 +120,48 @@ impl InMemoryJobStore {
     /// (such as a model call's hook acting as the owner who cancels).
     pub fn apply(&self, id: JobId, transition: &Transition, at: DateTime<Utc>) -> Transitioned {
         let mut state = lock(&self.state);
-        let StoreState { jobs, history, .. } = &mut *state;
+        let StoreState {
+            jobs,
+            history,
+            ledgers,
+            ..
+        } = &mut *state;
         let Some(job) = jobs.get_mut(&id) else {
             return Transitioned::Refused(None);
         };
         match job.apply(transition, at) {
             Some(next) => {
+                if let Some(settlement) = job.settlement(transition) {
+                    for key in &settlement.ledgers {
+                        if let Some(ledger) = ledgers.get_mut(key) {
+                            ledger.settle(&settlement);
+                        }
+                    }
+                }
                 *job = next.clone();
                 history.entry(id).or_default().push(next.clone());
                 Transitioned::Done(next)
             }
             None => Transitioned::Refused(Some(job.clone())),
         }
+    }
+
+    /// The owner stops the job as it is now (see [`Transition::cancel`]).
+    pub fn cancel(&self, id: JobId, at: DateTime<Utc>) -> Transitioned {
+        let Some(job) = self.job(id) else {
+            return Transitioned::Refused(None);
+        };
+        self.apply(id, &Transition::cancel(&job), at)
+    }
+
+    /// The ledger kept under `key` (see [`Period::ledger_key`]), if any.
+    pub fn ledger(&self, key: &str) -> Option<PeriodUsage> {
+        lock(&self.state).ledgers.get(key).cloned()
+    }
+
+    /// The operator sets `owner`'s limits.
+    pub fn set_budget_override(&self, owner: &Owner, limits: BudgetOverride) {
+        lock(&self.state).overrides.insert(owner.clone(), limits);
     }
 
     fn check(&self, op: StoreOp) -> Result<(), Unavailable> {
@@ -140,11 +176,25 @@ impl InMemoryJobStore {
 }
 
 impl JobStore for InMemoryJobStore {
-    async fn insert(&self, job: &Job) -> Result<Inserted, Unavailable> {
+    async fn insert(&self, job: &Job, budget: &Budget) -> Result<Inserted, Unavailable> {
         self.check(StoreOp::Insert)?;
         let mut state = lock(&self.state);
         if state.jobs.contains_key(&job.id) {
             return Ok(Inserted::AlreadyExists);
+        }
+        if let Some(worst_case) = job.reservation {
+            let mut reserved = Vec::new();
+            for kind in PeriodKind::ALL {
+                let period = Period::containing(kind, job.created_at);
+                let key = period.ledger_key(&job.owner);
+                let mut ledger = (state.ledgers.get(&key).cloned())
+                    .unwrap_or_else(|| PeriodUsage::empty(period));
+                if let Err(over) = ledger.reserve(&worst_case, budget.limit(kind)) {
+                    return Ok(Inserted::OverBudget(over));
+                }
+                reserved.push((key, ledger));
+            }
+            state.ledgers.extend(reserved);
         }
         state.jobs.insert(job.id, job.clone());
         Ok(Inserted::Created)
@@ -204,6 +254,32 @@ impl JobStore for InMemoryJobStore {
             .collect();
         stale.sort_by_key(|job| (job.updated_at, job.id));
         Ok(stale.into_iter().take(limit).map(|job| job.id).collect())
+    }
+}
+
+impl UsageLedger for InMemoryJobStore {
+    async fn budget_override(&self, owner: &Owner) -> Result<BudgetOverride, Unavailable> {
+        self.check(StoreOp::Get)?;
+        Ok(lock(&self.state)
+            .overrides
+            .get(owner)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    async fn usage(
+        &self,
+        owner: &Owner,
+        periods: &[Period],
+    ) -> Result<Vec<PeriodUsage>, Unavailable> {
+        self.check(StoreOp::Get)?;
+        Ok(periods
+            .iter()
+            .map(|period| {
+                self.ledger(&period.ledger_key(owner))
+                    .unwrap_or_else(|| PeriodUsage::empty(period.clone()))
+            })
+            .collect())
     }
 }
 
@@ -516,9 +592,12 @@ mod tests {
     async fn the_store_applies_transitions_as_job_apply_says_and_refuses_with_the_job() {
         let store = InMemoryJobStore::new();
         let queued = job("o", at(0));
-        assert_eq!(store.insert(&queued).await.unwrap(), Inserted::Created);
         assert_eq!(
-            store.insert(&queued).await.unwrap(),
+            store.insert(&queued, &Budget::default()).await.unwrap(),
+            Inserted::Created
+        );
+        assert_eq!(
+            store.insert(&queued, &Budget::default()).await.unwrap(),
             Inserted::AlreadyExists
         );
 
@@ -547,7 +626,7 @@ mod tests {
         let missing = JobId::random();
         assert_eq!(
             store
-                .transition(missing, &Transition::Cancel, at(3))
+                .transition(missing, &Transition::Cancel { running: false }, at(3))
                 .await
                 .unwrap(),
             Transitioned::Refused(None)
@@ -560,9 +639,12 @@ mod tests {
         let store = InMemoryJobStore::new();
         let queued = job("o", at(0));
         store.fail_next(StoreOp::Insert);
-        assert!(store.insert(&queued).await.is_err());
+        assert!(store.insert(&queued, &Budget::default()).await.is_err());
         assert_eq!(store.job(queued.id), None);
-        assert_eq!(store.insert(&queued).await.unwrap(), Inserted::Created);
+        assert_eq!(
+            store.insert(&queued, &Budget::default()).await.unwrap(),
+            Inserted::Created
+        );
 
         store.fail_next(StoreOp::Cancel);
         let fail = Transition::Fail {
@@ -573,7 +655,7 @@ mod tests {
         assert!(store.get(queued.id).await.is_err());
         assert!(
             store
-                .transition(queued.id, &Transition::Cancel, at(1))
+                .transition(queued.id, &Transition::cancel(&queued), at(1))
                 .await
                 .is_err()
         );

@@ -8,6 +8,7 @@
 //! - `fakes` (tests and the `fakes` feature only): in-memory ports for unit tests.
 //! - [`delivery`]: what becomes of SQS deliveries of job messages (worker and recovery).
 //! - [`long_poll`]: waiting for a job to change (long-polls, `Prefer: wait`).
+//! - [`metrics`]: the pipeline's metrics, as CloudWatch Embedded Metric Format records.
 //! - [`config`], [`http`], [`telemetry`], [`aws`]: the glue every function needs at its edges.
 
 pub mod adapters;
@@ -19,16 +20,18 @@ pub mod domain;
 pub mod fakes;
 pub mod http;
 pub mod long_poll;
+pub mod metrics;
 pub mod ports;
 pub mod telemetry;
 
-/// The start of every function's `main`: JSON logs, the configuration read from the
-/// environment (a bad one is logged, naming the variable, and stops the function), and the
-/// AWS SDK configuration that all of the function's clients share.
+/// The start of every function's `main`: JSON logs, EMF metrics on stdout, the configuration
+/// read from the environment (a bad one is logged, naming the variable, and stops the
+/// function), and the AWS SDK configuration that all of the function's clients share.
 pub async fn init<C>(
     read: impl FnOnce(&config::Env) -> Result<C, config::ConfigError>,
 ) -> Result<(C, aws_config::SdkConfig), config::ConfigError> {
     telemetry::init();
+    metrics::init_emf_stdout();
     let config = read(&config::Env::from_process()).inspect_err(|error| {
         tracing::error!(%error, "configuration error; the function cannot start");
     })?;

@@ -37,7 +37,7 @@ mod tests {
     use chrono::{DateTime, Utc};
 
     use super::*;
-    use crate::domain::{GenerateRequest, JobStatus, Owner, Transition};
+    use crate::domain::{GenerateRequest, JobStatus, Owner};
     use crate::fakes::InMemoryJobStore;
 
     fn job() -> Job {
@@ -57,10 +57,10 @@ mod tests {
         let store = InMemoryJobStore::new();
         let job = job();
         store.seed(job.clone());
-        let owner = store.clone();
+        let (owner, id) = (store.clone(), job.id);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            owner.apply(job.id, &Transition::Cancel, Utc::now());
+            owner.cancel(id, Utc::now());
         });
         let started = tokio::time::Instant::now();
         let seen = wait_for(&store, job.id, Duration::from_secs(20), |job| {

@@ -7,7 +7,10 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Artifact, Job, JobId, Owner, RateWindow, Transition, Transitioned, Usage};
+use crate::domain::{
+    Artifact, Budget, BudgetOverride, Job, JobId, OverBudget, Owner, Period, PeriodUsage,
+    RateWindow, Transition, Transitioned, Usage,
+};
 
 /// A dependency that did not answer as it should. The caller sees `503` (API) or the
 /// message is retried (worker); the detail goes to the log only.
@@ -27,11 +30,13 @@ impl Unavailable {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inserted {
     Created,
     /// A job with this id already exists (an idempotent repeat); nothing was written.
     AlreadyExists,
+    /// The job's reservation would take its owner over `budget`; nothing was written.
+    OverBudget(OverBudget),
 }
 
 /// Where to resume listing an owner's jobs: the last job of the previous page.
@@ -62,8 +67,15 @@ impl Page {
 }
 
 pub trait JobStore: Send + Sync {
-    /// Writes a new job, unless a job with its id exists (then nothing is written).
-    fn insert(&self, job: &Job) -> impl Future<Output = Result<Inserted, Unavailable>> + Send;
+    /// Writes a new job and counts its reservation (if it has one) in its owner's ledgers of
+    /// the day and month, all at once; nothing is written if a job with its id exists, or if
+    /// the reservation would take a ledger over its limit in `budget`. Atomic, so that
+    /// concurrent submissions can never together exceed a budget.
+    fn insert(
+        &self,
+        job: &Job,
+        budget: &Budget,
+    ) -> impl Future<Output = Result<Inserted, Unavailable>> + Send;
 
     fn get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, Unavailable>> + Send;
 
@@ -77,7 +89,9 @@ pub trait JobStore: Send + Sync {
 
     /// Applies `transition` at `at`, atomically, if the job exists and the transition's guard
     /// admits it (exactly as [`Job::apply`] describes): the job as it is afterwards, or, when
-    /// refused, as it is (`None`: no such job).
+    /// refused, as it is (`None`: no such job). A transition that ends a job which reserved
+    /// budget settles its reservation ([`Job::settlement`]) in the same atomic write, so that
+    /// it is settled exactly once.
     fn transition(
         &self,
         id: JobId,
@@ -92,6 +106,22 @@ pub trait JobStore: Send + Sync {
         unchanged_since: DateTime<Utc>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<JobId>, Unavailable>> + Send;
+}
+
+/// The users' budgets and ledgers (kept beside the jobs).
+pub trait UsageLedger: Send + Sync {
+    /// The operator's limits for `owner`, if any are set.
+    fn budget_override(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<BudgetOverride, Unavailable>> + Send;
+
+    /// What `owner` has used in each of `periods` (an empty ledger where none is kept).
+    fn usage(
+        &self,
+        owner: &Owner,
+        periods: &[Period],
+    ) -> impl Future<Output = Result<Vec<PeriodUsage>, Unavailable>> + Send;
 }
 
 /// Counts submissions per caller, for `MAX_JOBS_PER_MINUTE`.
@@ -171,24 +201,38 @@ pub trait TextModel: Send + Sync {
 /// The text of a model call so far, as it streams: the model pushes, the worker watches it
 /// and flushes it into the job's record.
 #[derive(Debug)]
-pub struct Progress(tokio::sync::watch::Sender<String>);
+pub struct Progress {
+    text: tokio::sync::watch::Sender<String>,
+    /// When the first text came: the model's time to first token.
+    first_text_at: std::sync::OnceLock<std::time::Instant>,
+}
 
 impl Progress {
     /// A new, empty text and the receiver that sees it grow.
     pub fn channel() -> (Self, tokio::sync::watch::Receiver<String>) {
         let (sender, receiver) = tokio::sync::watch::channel(String::new());
-        (Self(sender), receiver)
+        let progress = Self {
+            text: sender,
+            first_text_at: std::sync::OnceLock::new(),
+        };
+        (progress, receiver)
     }
 
     pub fn push(&self, delta: &str) {
         if !delta.is_empty() {
-            self.0.send_modify(|text| text.push_str(delta));
+            self.first_text_at.get_or_init(std::time::Instant::now);
+            self.text.send_modify(|text| text.push_str(delta));
         }
+    }
+
+    /// When the first text came, if any has.
+    pub fn first_text_at(&self) -> Option<std::time::Instant> {
+        self.first_text_at.get().copied()
     }
 
     /// The text so far.
     pub fn text(&self) -> String {
-        self.0.borrow().clone()
+        self.text.borrow().clone()
     }
 }
 

@@ -194,7 +194,8 @@ fn every_applied_transition_is_an_allowed_move() {
         Transition::Release { lease: other },
         fail(Some(expired.id.clone())),
         fail(None),
-        Transition::Cancel,
+        Transition::Cancel { running: true },
+        Transition::Cancel { running: false },
         Transition::Requeue {
             unchanged_since: at(),
             max_attempts: 3,

@@ -146,6 +146,8 @@ impl Stack {
             },
             job_ttl: chrono::Duration::days(30),
             jobs_per_minute: None,
+            budget: pipeline::domain::Budget::default(),
+            prices: std::sync::Arc::new(pipeline::domain::PriceTable::defaults()),
             http: http_settings(),
             clock: chrono::Utc::now,
         }
@@ -185,8 +187,18 @@ impl Stack {
     }
 
     pub fn status_with(&self, sessions: Option<CognitoSessionCheck>) -> Router {
+        self.status_with_budget(pipeline::domain::Budget::default(), sessions)
+    }
+
+    /// The status function with `budget` as everybody's default (what `GET /usage` shows).
+    pub fn status_with_budget(
+        &self,
+        budget: pipeline::domain::Budget,
+        sessions: Option<CognitoSessionCheck>,
+    ) -> Router {
         let settings = status::Settings {
             http: http_settings(),
+            budget,
         };
         let status = StatusApi::new(self.store(), &self.resources.bucket, settings);
         status::router(status, sessions)

@@ -120,6 +120,8 @@ EXPECTED_PERMISSIONS = {
         ("logs:CreateLogStream", "StatusLogGroup"),
         ("logs:PutLogEvents", "StatusLogGroup"),
         ("dynamodb:GetItem", "JobsTable"),
+        # GET /usage: the caller's usage items (and budget override) in one read.
+        ("dynamodb:BatchGetItem", "JobsTable"),
         ("dynamodb:Query", "JobsTable/index/owner-created_at-index"),
         ("dynamodb:UpdateItem", "JobsTable"),
     },
@@ -130,6 +132,7 @@ EXPECTED_PERMISSIONS = {
         ("sqs:DeleteMessage", "JobsQueue"),
         ("sqs:GetQueueAttributes", "JobsQueue"),
         ("sqs:ChangeMessageVisibility", "JobsQueue"),
+        ("dynamodb:GetItem", "JobsTable"),
         ("dynamodb:UpdateItem", "JobsTable"),
         ("s3:PutObject", "ArtifactsBucket/artifacts/*"),
         ("s3:DeleteObject", "ArtifactsBucket/artifacts/*"),
@@ -380,7 +383,8 @@ def test_recovery_waits_out_the_workers_retry_backoff_and_sweeps_at_a_valid_rate
 
 
 def test_dead_letters_and_recovery_failures_alarm_to_the_topic_when_an_email_is_set(resources):
-    alarms = {name: a["Properties"] for name, a in of_type(resources, "AWS::CloudWatch::Alarm").items()}
+    alarms = {name: a["Properties"] for name, a in of_type(resources, "AWS::CloudWatch::Alarm").items()
+              if name in {"DeadLetterAlarm", "RecoveryErrorAlarm"}}
     assert set(alarms) == {"DeadLetterAlarm", "RecoveryErrorAlarm"}
     dead_letters = alarms["DeadLetterAlarm"]
     assert (dead_letters["Namespace"], dead_letters["MetricName"], dead_letters["Statistic"]) == (
@@ -417,7 +421,7 @@ def test_an_authorizer_guards_every_route_but_options(resources, mode, scheme):
         security = resolve(operation.get("security"), {"UseIamAuth": mode == "iam"})
         assert security == [{scheme: []}], f"{method} {path} in {mode} mode: {security}"
         seen.append(path)
-    assert set(seen) == {"/generate", "/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/$default"}
+    assert set(seen) == {"/generate", "/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/usage", "/$default"}
     schemes = resources["JobsApi"]["Properties"]["Body"]["components"]["securitySchemes"]
     jwt = schemes["CognitoAuthorizer"]["x-amazon-apigateway-authorizer"]
     assert jwt["type"] == "jwt"
@@ -465,7 +469,7 @@ def test_api_gateway_may_invoke_each_function_only_on_its_routes(resources):
         by_function.setdefault(props["FunctionName"]["Ref"], set()).add(props["SourceArn"]["Fn::Sub"].split("${JobsApi}")[1])
     assert by_function == {
         "GenerateFunction": {"/*/*/generate"},
-        "JobStatusFunction": {"/*/*/jobs", "/*/*/jobs/*", "/*/$default"},
+        "JobStatusFunction": {"/*/*/jobs", "/*/*/jobs/*", "/*/*/usage", "/*/$default"},
     }
 
 
@@ -511,17 +515,18 @@ def test_cognito_signs_up_by_email_with_a_real_password_policy(resources):
 
 def test_functions_get_the_contracts_environment(resources):
     env = {name: set(resources[name]["Properties"]["Environment"]["Variables"]) for name in FUNCTIONS}
-    assert env["GenerateFunction"] == {
-        "JOBS_TABLE", "JOBS_QUEUE_URL", "ARTIFACTS_BUCKET", "MODEL_ID", "ALLOWED_MODEL_IDS", "MAX_PROMPT_CHARS",
+    # Every function: the table, the metrics namespace and the budgets (Globals).
+    shared = {"JOBS_TABLE", "METRICS_NAMESPACE", "BUDGET_TOKENS_PER_DAY", "BUDGET_USD_PER_MONTH"}
+    assert env["GenerateFunction"] == shared | {
+        "JOBS_QUEUE_URL", "ARTIFACTS_BUCKET", "MODEL_ID", "ALLOWED_MODEL_IDS", "MAX_PROMPT_CHARS",
         "MAX_OUTPUT_TOKENS", "JOB_TTL_DAYS", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK",
-        "MAX_JOBS_PER_MINUTE"}
-    assert env["JobStatusFunction"] == {
-        "JOBS_TABLE", "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK"}
-    assert env["WorkerFunction"] == {
-        "JOBS_TABLE", "ARTIFACTS_BUCKET", "JOBS_QUEUE_URL", "MAX_ATTEMPTS", "STREAM_FLUSH_MS",
-        "MODEL_PRICES"}
-    assert env["RecoveryFunction"] == {
-        "JOBS_TABLE", "JOBS_QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "ARTIFACTS_BUCKET", "MAX_ATTEMPTS",
+        "MAX_JOBS_PER_MINUTE", "MODEL_PRICES"}
+    assert env["JobStatusFunction"] == shared | {
+        "ARTIFACTS_BUCKET", "ALLOWED_ORIGIN", "COGNITO_REVOCATION_CHECK"}
+    assert env["WorkerFunction"] == shared | {
+        "ARTIFACTS_BUCKET", "JOBS_QUEUE_URL", "MAX_ATTEMPTS", "STREAM_FLUSH_MS", "MODEL_PRICES"}
+    assert env["RecoveryFunction"] == shared | {
+        "JOBS_QUEUE_URL", "DEAD_LETTER_QUEUE_URL", "ARTIFACTS_BUCKET", "MAX_ATTEMPTS",
         "RECOVER_AFTER_SECONDS"}
     recovery = resources["RecoveryFunction"]["Properties"]["Environment"]["Variables"]
     assert recovery["JOBS_TABLE"] == {"Ref": "JobsTable"}
@@ -603,3 +608,293 @@ def test_the_deployed_web_config_has_the_keys_the_local_one_has():
     local = keys((ROOT / "local" / "src" / "main.rs").read_text(), "fn web_config", "\n}\n")
     assert "maxAttempts" in local and "maxPromptChars" in local
     assert deployed == local - {"local"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost, budgets and metrics (issue 10).
+# ---------------------------------------------------------------------------------------------
+
+NAMESPACE = {"Fn::Sub": "BedrockJobs/${AWS::StackName}"}
+
+# What the functions write (EMF, in METRICS_NAMESPACE): metric -> (dimension, its values), or
+# None for a metric the dashboard and alarms read without a dimension.
+METRICS = {
+    "Submissions": ("Outcome", ["accepted", "repeated", "invalid_request", "rate_limited",
+                                "budget_exceeded", "unavailable"]),
+    "BudgetRefusals": ("Period", ["day", "month"]),
+    "JobsFinished": ("Outcome", ["succeeded", "failed", "cancelled"]),
+    "JobsFailed": ("ErrorCode", ["enqueue_failed", "model_unavailable", "model_error", "worker_error"]),
+    "QueueWait": None,
+    "Retries": None,
+    "ModelLatency": None,
+    "TimeToFirstToken": None,
+    "InputTokens": None,
+    "OutputTokens": None,
+    "CostUsd": None,
+    "ModelThrottles": None,
+    "Recoveries": ("Action", ["requeued", "failed", "dead_lettered"]),
+}
+
+BUDGETS = {"BudgetTokensPerDay": "BUDGET_TOKENS_PER_DAY", "BudgetUsdPerMonth": "BUDGET_USD_PER_MONTH"}
+
+
+def test_the_budgets_reach_the_api_and_the_status_function_and_default_to_none(source, resources):
+    for parameter, variable in BUDGETS.items():
+        declared = source["Parameters"][parameter]
+        assert declared["Type"] == "String" and declared["Default"] == "", parameter
+        for function in ("GenerateFunction", "JobStatusFunction"):
+            variables = resources[function]["Properties"]["Environment"]["Variables"]
+            assert variables[variable] == {"Ref": parameter}, f"{function} lacks {variable}"
+    # CloudFormation refuses what the functions could not read as a budget.
+    def accepts(parameter, value):
+        return re.fullmatch(source["Parameters"][parameter]["AllowedPattern"], value) is not None
+
+    # Above zero (shared/src/config.rs refuses a zero budget at start); dollars to the
+    # nano-dollar (nine decimals) that the functions count in.
+    for value in ["", "1", "250000", "100000000000000"]:
+        assert accepts("BudgetTokensPerDay", value), value
+    for value in ["0", "000", "1.5", "-1", "1e6", "10k", " 5", "5 ", "1000000000000000"]:
+        assert not accepts("BudgetTokensPerDay", value), value
+    for value in ["", "5", "5.00", "0.25", "0.000000001", "1000.5", "999999999.999999999"]:
+        assert accepts("BudgetUsdPerMonth", value), value
+    for value in ["0", "0.00", "00.0", "5.", ".5", "-5", "$5", "5,00", "1e3", "five",
+                  "0.0000000001", "1000000000"]:
+        assert not accepts("BudgetUsdPerMonth", value), value
+
+
+def test_the_api_prices_reservations_with_the_workers_prices(resources):
+    api = resources["GenerateFunction"]["Properties"]["Environment"]["Variables"]
+    worker = resources["WorkerFunction"]["Properties"]["Environment"]["Variables"]
+    assert api["MODEL_PRICES"] == worker["MODEL_PRICES"] == {"Ref": "ModelPrices"}
+
+
+def test_usage_is_served_by_the_status_function_behind_the_authorizer_like_the_jobs(resources):
+    operations = {path: (method, operation) for path, method, operation in routes(resources)}
+    method, usage = operations["/usage"]
+    # Any method, as GET /jobs: the function answers a wrong method and CORS itself.
+    assert method == "x-amazon-apigateway-any-method"
+    assert usage == operations["/jobs"][1]
+    assert usage["x-amazon-apigateway-integration"]["uri"] == {"Fn::GetAtt": ["JobStatusFunction", "Arn"]}
+    for mode, scheme in [("cognito", "CognitoAuthorizer"), ("iam", "AWS_IAM")]:
+        assert resolve(usage["security"], {"UseIamAuth": mode == "iam"}) == [{scheme: []}]
+    invocable = [p["Properties"]["SourceArn"]["Fn::Sub"].split("${JobsApi}")[1]
+                 for p in of_type(resources, "AWS::Lambda::Permission").values()
+                 if p["Properties"]["FunctionName"] == {"Ref": "JobStatusFunction"}]
+    assert any(fnmatch.fnmatchcase("/prod/GET/usage", pattern) for pattern in invocable)
+
+
+def test_reservations_and_their_settlement_are_allowed_in_one_transaction_and_no_more(resources):
+    def table_actions(role):
+        return {a for a, t in grants(role, resources[role]) if t == "JobsTable"}
+
+    # TransactWriteItems is authorized action by action: the api's Put of the job and Update
+    # of the usage items, and its GetItem of the budget override. Nothing broader than before.
+    assert table_actions("GenerateRole") == {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"}
+    # The terminal transition settles the reservation: UpdateItems, and the job read back.
+    for role in ("WorkerRole", "StatusRole", "RecoveryRole"):
+        assert {"dynamodb:UpdateItem", "dynamodb:GetItem"} <= table_actions(role), role
+        assert "dynamodb:PutItem" not in table_actions(role), role
+    # Only the status function reads usage in batches (GET /usage).
+    assert "dynamodb:BatchGetItem" in table_actions("StatusRole")
+    for role in ("GenerateRole", "WorkerRole", "RecoveryRole"):
+        assert "dynamodb:BatchGetItem" not in table_actions(role), role
+    for name, role in of_type(resources, "AWS::IAM::Role").items():
+        for action, _ in grants(name, role):
+            assert action not in {"dynamodb:BatchWriteItem", "dynamodb:DeleteItem", "dynamodb:Scan"}, name
+
+
+def test_metrics_land_in_one_namespace_per_stack_for_every_function(resources):
+    for name in FUNCTIONS:
+        variables = resources[name]["Properties"]["Environment"]["Variables"]
+        assert variables["METRICS_NAMESPACE"] == NAMESPACE, name
+    # The alarms and the dashboard read that same namespace.
+    for name, alarm in of_type(resources, "AWS::CloudWatch::Alarm").items():
+        props = alarm["Properties"]
+        namespaces = [props["Namespace"]] if "Namespace" in props else [
+            m["MetricStat"]["Metric"]["Namespace"] for m in props["Metrics"] if "MetricStat" in m]
+        for namespace in namespaces:
+            assert namespace in (NAMESPACE, "AWS/SQS", "AWS/Lambda"), name
+
+
+def test_every_alarm_tells_the_topic_when_an_email_is_set_and_ignores_missing_data(resources):
+    alarms = of_type(resources, "AWS::CloudWatch::Alarm")
+    assert len(alarms) >= 7
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert resolve(props["AlarmActions"], {"HasAlarmEmail": True}) == [{"Ref": "AlarmTopic"}], name
+        assert resolve(props["AlarmActions"], {"HasAlarmEmail": False}) == {"Ref": "AWS::NoValue"}, name
+        assert props["TreatMissingData"] == "notBreaching", name
+
+
+# Alarm -> (namespace, metric, dimensions, statistic, period, evaluation periods, threshold parameter).
+SINGLE_METRIC_ALARMS = {
+    "OldestMessageAlarm": ("AWS/SQS", "ApproximateAgeOfOldestMessage",
+                           [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["JobsQueue", "QueueName"]}}],
+                           "Maximum", 300, 1, "QueueAgeAlarmSeconds"),
+    "ThrottleAlarm": (NAMESPACE, "ModelThrottles", None, "Sum", 300, 1, "ThrottleAlarmCount"),
+    "ModelLatencyAlarm": (NAMESPACE, "ModelLatency", None, "p95", 300, 3, "ModelLatencyAlarmMs"),
+    "DailyCostAlarm": (NAMESPACE, "CostUsd", None, "Sum", 86400, 1, "DailyCostAlarmUsd"),
+}
+
+THRESHOLD_DEFAULTS = {
+    "QueueAgeAlarmSeconds": 600, "FailureRateAlarmPercent": 10, "ThrottleAlarmCount": 10,
+    "ModelLatencyAlarmMs": 30000, "DailyCostAlarmUsd": 10,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE_METRIC_ALARMS))
+def test_the_issues_threshold_alarms_watch_their_metric(source, resources, name):
+    namespace, metric, dimensions, statistic, period, evaluations, parameter = SINGLE_METRIC_ALARMS[name]
+    props = resources[name]["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == (namespace, metric)
+    # No dimension: the total over every model, as the functions write it besides [Model].
+    assert props.get("Dimensions") == dimensions
+    if statistic.startswith("p"):
+        assert props["ExtendedStatistic"] == statistic and "Statistic" not in props
+    else:
+        assert props["Statistic"] == statistic and "ExtendedStatistic" not in props
+    assert (props["Period"], props["EvaluationPeriods"]) == (period, evaluations)
+    assert props.get("DatapointsToAlarm", evaluations) == evaluations
+    assert props["Threshold"] == {"Ref": parameter}
+    assert props["ComparisonOperator"] == "GreaterThanThreshold"
+    assert source["Parameters"][parameter]["Type"] == "Number"
+    assert source["Parameters"][parameter]["Default"] == THRESHOLD_DEFAULTS[parameter]
+
+
+class _Value(float):
+    """A metric math value: a division by zero gives no value (NaN), as in CloudWatch."""
+
+    def _wrap(method):
+        def apply(self, other):
+            return _Value(getattr(float(self), method)(float(other)))
+        return apply
+
+    __add__, __radd__ = _wrap("__add__"), _wrap("__radd__")
+    __sub__, __rsub__ = _wrap("__sub__"), _wrap("__rsub__")
+    __mul__, __rmul__ = _wrap("__mul__"), _wrap("__rmul__")
+    del _wrap
+
+    def __truediv__(self, other):
+        return _Value(float("nan") if float(other) == 0 else float(self) / float(other))
+
+    def __rtruediv__(self, other):
+        return _Value(float("nan") if float(self) == 0 else float(other) / float(self))
+
+
+def evaluate_metric_math(metrics, values):
+    """The value the alarm's returned expression takes, for one datapoint per metric id
+    (None: the metric has no datapoint)."""
+    env = dict(values)
+    functions = {
+        "FILL": lambda value, fill: _Value(fill if value is None else value),
+        "IF": lambda condition, when_true, when_false: when_true if condition else when_false,
+    }
+    pending = [m for m in metrics if "Expression" in m]
+    while pending:
+        for m in list(pending):
+            try:
+                env[m["Id"]] = eval(m["Expression"], {"__builtins__": {}, **functions}, env)  # noqa: S307
+                pending.remove(m)
+            except NameError:
+                continue  # depends on an expression not evaluated yet
+    (returned,) = [m for m in metrics if m.get("ReturnData", True)]
+    return env[returned["Id"]]
+
+
+def test_the_failure_rate_alarm_is_the_failed_share_of_finished_jobs_over_15_minutes(source, resources):
+    props = resources["FailureRateAlarm"]["Properties"]
+    assert props["Threshold"] == {"Ref": "FailureRateAlarmPercent"}
+    assert props["ComparisonOperator"] == "GreaterThanThreshold"
+    assert source["Parameters"]["FailureRateAlarmPercent"]["Default"] == THRESHOLD_DEFAULTS["FailureRateAlarmPercent"]
+    metrics = props["Metrics"]
+    stats = {m["Id"]: m["MetricStat"] for m in metrics if "MetricStat" in m}
+    outcomes = {}
+    for metric_id, stat in stats.items():
+        metric = stat["Metric"]
+        assert (metric["Namespace"], metric["MetricName"]) == (NAMESPACE, "JobsFinished")
+        ((dimension, value),) = [(d["Name"], d["Value"]) for d in metric["Dimensions"]]
+        assert dimension == "Outcome"
+        assert (stat["Period"], stat["Stat"]) == (900, "Sum")
+        outcomes[value] = metric_id
+    assert set(outcomes) == set(METRICS["JobsFinished"][1])
+
+    def rate(succeeded, failed, cancelled):
+        by_id = {outcomes["succeeded"]: succeeded, outcomes["failed"]: failed, outcomes["cancelled"]: cancelled}
+        return evaluate_metric_math(metrics, by_id)
+
+    assert rate(9, 1, 0) == pytest.approx(10)
+    assert rate(1, 2, 1) == pytest.approx(50)
+    assert rate(0, 3, 0) == pytest.approx(100)
+    # A quarter hour with nothing finished, or an outcome with no datapoint: no division by zero.
+    assert rate(0, 0, 0) == 0
+    assert rate(None, None, None) == 0
+    assert rate(4, None, None) == 0
+    assert rate(None, 1, None) == pytest.approx(100)
+
+
+def dashboard(resources):
+    (board,) = of_type(resources, "AWS::CloudWatch::Dashboard").values()
+    text = board["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert isinstance(text, str)
+    # "0" is a valid JSON number and string content both: what the threshold lines need.
+    return text, json.loads(re.sub(r"\$\{[^}]+\}", "0", text))
+
+
+def dashboard_metrics(body):
+    """(namespace, metric, dimensions, options) of every metric of every graph."""
+    for widget in body["widgets"]:
+        if widget["type"] != "metric":
+            continue
+        defaults = {k: widget["properties"].get(k) for k in ("stat", "period")}
+        for entry in widget["properties"]["metrics"]:
+            options = entry[-1] if isinstance(entry[-1], dict) else {}
+            plain = [item for item in entry if not isinstance(item, dict)]
+            if not plain:
+                continue  # a metric math expression
+            assert "..." not in plain, "spell metrics out, so that they can be checked"
+            namespace, metric, *pairs = plain
+            yield namespace, metric, dict(zip(pairs[::2], pairs[1::2])), {**defaults, **options}
+
+
+def test_the_dashboard_is_json_and_shows_every_metric_the_functions_write(source, resources):
+    text, body = dashboard(resources)
+    names = set(source["Parameters"]) | set(source["Resources"]) | {"AWS::Region", "AWS::StackName"}
+    for used in re.findall(r"\$\{([^}!]+)\}", text):
+        assert used.split(".")[0] in names, f"the dashboard refers to {used}"
+    ours = "BedrockJobs/0"  # the namespace, after the placeholder
+    shown = list(dashboard_metrics(body))
+    for metric, dimension in METRICS.items():
+        plotted = [(dims, options) for namespace, name, dims, options in shown
+                   if (namespace, name) == (ours, metric)]
+        assert plotted, f"the dashboard lacks {metric}"
+        if dimension is None:
+            assert any(dims == {} for dims, _ in plotted), f"{metric}: its total, with no dimension"
+        else:
+            key, values = dimension
+            assert {dims.get(key) for dims, _ in plotted} >= set(values), metric
+    assert {o["stat"] for n, m, d, o in shown if (n, m) == (ours, "QueueWait")} >= {"p50", "p95"}
+    assert {o["stat"] for n, m, d, o in shown if (n, m) == (ours, "ModelLatency")} >= {"p50", "p95"}
+    assert "p95" in {o["stat"] for n, m, d, o in shown if (n, m) == (ours, "TimeToFirstToken")}
+    cost_periods = {o["period"] for n, m, d, o in shown if (n, m) == (ours, "CostUsd") and o["stat"] == "Sum"}
+    assert {3600, 86400} <= cost_periods, "cost per hour and per day"
+    # Per model: a search over the [Model] dimension.
+    assert re.search(r'SEARCH\(\'\{\\"BedrockJobs/\$\{AWS::StackName\}\\",Model\}', text)
+    # The queues and the functions.
+    for queue in ("JobsQueue", "DeadLetterQueue"):
+        for metric in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"):
+            assert f'["AWS/SQS", "{metric}", "QueueName", "${{{queue}.QueueName}}"' in text, (queue, metric)
+    for function in FUNCTIONS:
+        for metric in ("Errors", "Throttles", "Duration"):
+            assert f'["AWS/Lambda", "{metric}", "FunctionName", "${{{function}}}"' in text, (function, metric)
+    # And the alarms' states.
+    (alarm_widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    alarms = set(of_type(resources, "AWS::CloudWatch::Alarm"))
+    assert set(re.findall(r"\$\{(\w+)\.Arn\}", text)) == alarms
+    assert len(alarm_widget["properties"]["alarms"]) == len(alarms)
+    assert "JobsDashboard" in refs(source["Outputs"]["DashboardUrl"]["Value"])
+
+
+def test_every_parameter_is_in_exactly_one_console_group(source):
+    groups = source["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(source["Parameters"])

@@ -271,7 +271,11 @@ async fn submit(stack: &Stack, seed: u64, index: usize) -> (JobId, String, Submi
             Utc::now(),
             chrono::Duration::days(1),
         );
-        stack.store().insert(&job).await.unwrap();
+        stack
+            .store()
+            .insert(&job, &Default::default())
+            .await
+            .unwrap();
         return (job.id, owner, Submitted::NeverEnqueued);
     }
     let body = serde_json::json!({ "prompt": prompt }).to_string();

@@ -12,12 +12,13 @@ use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
-    FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Limits, Owner,
-    RateWindow, Transition,
+    Amount, Budget, ErrorCode, FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure,
+    JobId, JobStatus, Limits, OverBudget, Owner, PriceTable, RateWindow, Transition,
 };
 use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView, SubmittedJob, TextBody};
 use pipeline::long_poll;
-use pipeline::ports::{Inserted, JobQueue, JobStore, SessionCheck, SubmissionQuota};
+use pipeline::metrics;
+use pipeline::ports::{Inserted, JobQueue, JobStore, SessionCheck, SubmissionQuota, UsageLedger};
 use tracing::{Instrument, error, info, info_span, warn};
 
 /// RFC 7240's answer to `Prefer`: which preferences were honoured.
@@ -59,6 +60,10 @@ pub struct Settings {
     pub job_ttl: Duration,
     /// `MAX_JOBS_PER_MINUTE`: submissions one caller may make in a minute; `None`, no limit.
     pub jobs_per_minute: Option<u32>,
+    /// Every user's limits, unless the operator set their own (`BUDGET_*`).
+    pub budget: Budget,
+    /// What jobs reserve is priced with these (`MODEL_PRICES` over the shipped table).
+    pub prices: Arc<PriceTable>,
     pub http: HttpSettings,
     /// The time, as the handler sees it (tests pin it).
     pub clock: fn() -> DateTime<Utc>,
@@ -66,8 +71,12 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let limits = env.limits()?;
+        let prices = env.prices()?;
         Ok(Self {
-            limits: env.limits()?,
+            budget: env.budget(&limits, &prices)?,
+            prices: Arc::new(prices),
+            limits,
             job_ttl: Duration::days(env.positive("JOB_TTL_DAYS", 30)?),
             jobs_per_minute: env.optional_positive("MAX_JOBS_PER_MINUTE")?,
             http: HttpSettings::from_env(env)?,
@@ -87,7 +96,7 @@ pub struct GenerateApi<S, Q> {
 /// The function: `POST /generate`, behind the revocation check when `sessions` is given.
 pub fn router<S, Q, C>(api: GenerateApi<S, Q>, sessions: Option<C>) -> Router
 where
-    S: JobStore + SubmissionQuota + 'static,
+    S: JobStore + SubmissionQuota + UsageLedger + 'static,
     Q: JobQueue + 'static,
     C: SessionCheck + 'static,
 {
@@ -98,12 +107,27 @@ where
     http::finish(routes, &http, sessions)
 }
 
-async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
+/// Every submission counted by its outcome: `accepted`, `repeated`, or the error's code.
+async fn generate<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue>(
+    api: State<Arc<GenerateApi<S, Q>>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: TextBody,
+) -> Result<Response, ApiError> {
+    let answer = submission(api, caller, headers, body).await;
+    metrics::submission(match &answer {
+        Ok((outcome, _)) => outcome,
+        Err(error) => error.code.as_str(),
+    });
+    answer.map(|(_, response)| response)
+}
+
+async fn submission<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue>(
     State(api): State<Arc<GenerateApi<S, Q>>>,
     caller: Caller,
     headers: HeaderMap,
     TextBody(body): TextBody,
-) -> Result<Response, ApiError> {
+) -> Result<(&'static str, Response), ApiError> {
     // The function's time runs from here: a `Prefer: wait` ends in time to answer.
     let started = tokio::time::Instant::now();
     // Read as bytes: a header that is not even text must be refused, not ignored.
@@ -121,21 +145,33 @@ async fn generate<S: JobStore + SubmissionQuota, Q: JobQueue>(
     {
         let id = JobId::for_idempotency_key(&caller.owner, key);
         if let Some(original) = api.original(id, &caller.owner).await? {
-            return api.answer(StatusCode::OK, original, wait, started).await;
+            let answer = api.answer(StatusCode::OK, original, wait, started).await?;
+            return Ok(("repeated", answer));
         }
     }
     let now = (api.settings.clock)();
     api.check_quota(&caller, now).await?;
+    let budget = api.budget_of(&caller.owner).await?;
+    let worst_case = api.worst_case(&request, &budget)?;
+    if let Some(over) = OverBudget::alone(&budget, &worst_case, now) {
+        return Err(refused(&over, now));
+    }
     let job = Job::queued(
         caller.owner,
         request,
         idempotency_key,
         now,
         api.settings.job_ttl,
-    );
+    )
+    .reserving(worst_case);
     let span = info_span!("job", job_id = %job.id);
-    let (status, job) = api.submit(job).instrument(span).await?;
-    api.answer(status, job, wait, started).await
+    let (status, job) = api.submit(job, &budget).instrument(span).await?;
+    let outcome = if status == StatusCode::ACCEPTED {
+        "accepted"
+    } else {
+        "repeated"
+    };
+    Ok((outcome, api.answer(status, job, wait, started).await?))
 }
 
 /// The `wait` preference of the `Prefer` headers (RFC 7240): the first one counts, its
@@ -164,7 +200,19 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
     (seconds > 0).then(|| seconds.min(PREFER_WAIT_MAX_SECONDS))
 }
 
-impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
+/// `429 budget_exceeded`, counted and logged.
+fn refused(over: &OverBudget, now: DateTime<Utc>) -> ApiError {
+    metrics::budget_refusal(over.period.kind.as_str());
+    info!(
+        period = %over.period.name,
+        limit = over.limit,
+        needed = over.needed,
+        "over budget; answered 429"
+    );
+    ApiError::budget_exceeded(over, now)
+}
+
+impl<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue> GenerateApi<S, Q> {
     pub fn new(
         store: S,
         queue: Q,
@@ -242,19 +290,47 @@ impl<S: JobStore + SubmissionQuota, Q: JobQueue> GenerateApi<S, Q> {
         Err(ApiError::rate_limited(limit, retry_after))
     }
 
+    /// The caller's limits: the default, unless the operator set their own. Without any
+    /// default, an override is still looked for (budgets for some users only).
+    async fn budget_of(&self, owner: &Owner) -> Result<Budget, ApiError> {
+        let user = self.store.budget_override(owner).await?;
+        Ok(self.settings.budget.overridden_by(user))
+    }
+
+    /// What the job reserves. Under a dollar budget its model must have a price (the start-up
+    /// check covers the default budget; this, budgets the operator set for one user).
+    fn worst_case(&self, request: &GenerateRequest, budget: &Budget) -> Result<Amount, ApiError> {
+        let price = self.settings.prices.price(&request.model);
+        if price.is_none() && budget.usd_per_month.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedModel,
+                format!(
+                    "The model {} has no price, so it cannot be used under your dollar budget; \
+                     choose another model, or ask the operator to add it to MODEL_PRICES.",
+                    request.model
+                ),
+            ));
+        }
+        Ok(Amount::worst_case(request, price))
+    }
+
     /// Records and enqueues the job: `202` and the job, or `200` and the original for a
     /// repeat that lost the race for the id.
-    async fn submit(&self, job: Job) -> Result<(StatusCode, Job), ApiError> {
-        if self.store.insert(&job).await? == Inserted::AlreadyExists {
+    async fn submit(&self, job: Job, budget: &Budget) -> Result<(StatusCode, Job), ApiError> {
+        match self.store.insert(&job, budget).await? {
+            Inserted::Created => {}
             // A concurrent repeat won the race for the id.
-            return match self.original(job.id, &job.owner).await? {
-                Some(original) => Ok((StatusCode::OK, original)),
-                None => {
-                    // Only possible if the record vanished between the two calls (TTL).
-                    warn!("idempotent repeat found no original job");
-                    Err(ApiError::unavailable())
-                }
-            };
+            Inserted::AlreadyExists => {
+                return match self.original(job.id, &job.owner).await? {
+                    Some(original) => Ok((StatusCode::OK, original)),
+                    None => {
+                        // Only possible if the record vanished between the two calls (TTL).
+                        warn!("idempotent repeat found no original job");
+                        Err(ApiError::unavailable())
+                    }
+                };
+            }
+            Inserted::OverBudget(over) => return Err(refused(&over, job.created_at)),
         }
         if let Err(cause) = self.queue.enqueue(job.id).await {
             // The record exists but no worker will ever see it: fail it rather than leave it

@@ -22,6 +22,7 @@ use futures::StreamExt;
 use pipeline::config::{ConfigError, Env};
 use pipeline::delivery::{self, Deliveries, Outcome};
 use pipeline::domain::{Job, JobId, Standing, Transition, Transitioned};
+use pipeline::metrics;
 use pipeline::ports::{ArtifactStore, JobQueue, JobStore, Redelivery, Unavailable};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -162,6 +163,7 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
             match self.store.get(job_id).await {
                 Ok(job) => {
                     warn!("the job's message was dead-lettered");
+                    metrics::recovery("dead_lettered");
                     deliveries
                         .settle_unstarted(message, job, now, Job::dead_lettered)
                         .await
@@ -237,6 +239,7 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
                 // the sweep after next sends it.
                 self.jobs.enqueue(id).await?;
                 info!(job_id = %id, status = %job.status, attempts = job.attempts, "stranded job sent again");
+                metrics::recovery("requeued");
                 return Ok(Repair::Requeued);
             }
             Transitioned::Refused(Some(job)) => job,
@@ -255,6 +258,9 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
         Ok(match self.store.transition(id, &fail, now).await? {
             Transitioned::Done(failed) => {
                 warn!(job_id = %id, attempts = job.attempts, "stranded job failed: no model calls left");
+                metrics::recovery("failed");
+                let code = failed.failure.as_ref().map(|failure| failure.code.as_str());
+                metrics::job_finished(failed.status.as_str(), code);
                 // Its message is lost, so no delivery will remove what its attempts left.
                 self.deliveries().tidy(&failed).await;
                 Repair::Failed

@@ -1,5 +1,5 @@
-//! `GET /jobs/{id}`, `GET /jobs` and `POST /jobs/{id}/cancel`: the caller's own jobs, never
-//! anyone else's.
+//! `GET /jobs/{id}`, `GET /jobs`, `POST /jobs/{id}/cancel` and `GET /usage`: the caller's own
+//! jobs and use, never anyone else's.
 
 use std::sync::Arc;
 
@@ -11,10 +11,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use pipeline::config::{ConfigError, Env};
-use pipeline::domain::{Job, JobId, JobStatus, Transition, Transitioned, parse_timestamp};
-use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView};
+use pipeline::domain::{
+    Budget, Job, JobId, JobStatus, Period, PeriodKind, Transition, Transitioned, parse_timestamp,
+};
+use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView, UsageView};
 use pipeline::long_poll;
-use pipeline::ports::{JobStore, PageCursor, SessionCheck};
+use pipeline::metrics;
+use pipeline::ports::{JobStore, PageCursor, SessionCheck, UsageLedger};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PAGE_SIZE: usize = 20;
@@ -42,12 +45,16 @@ impl Config {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub http: HttpSettings,
+    /// Every user's limits (`BUDGET_*`), shown by `GET /usage` unless the operator set the
+    /// user's own.
+    pub budget: Budget,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             http: HttpSettings::from_env(env)?,
+            budget: env.budget(&env.limits()?, &env.prices()?)?,
         })
     }
 }
@@ -59,7 +66,7 @@ pub struct StatusApi<S> {
     settings: Settings,
 }
 
-impl<S: JobStore> StatusApi<S> {
+impl<S: JobStore + UsageLedger> StatusApi<S> {
     pub fn new(store: S, artifacts_bucket: impl Into<String>, settings: Settings) -> Self {
         Self {
             store,
@@ -69,17 +76,18 @@ impl<S: JobStore> StatusApi<S> {
     }
 }
 
-/// The function: `GET /jobs/{id}`, `GET /jobs` and `POST /jobs/{id}/cancel`, behind the revocation check when
-/// `sessions` is given. Deployed, it is also the HTTP API's `$default` route, so it answers
+/// The function: `GET /jobs/{id}`, `GET /jobs`, `POST /jobs/{id}/cancel` and `GET /usage`,
+/// behind the revocation check when `sessions` is given. Deployed, it is also the HTTP API's `$default` route, so it answers
 /// every path the API does not route elsewhere, `/generate` with a method other than POST
 /// among them.
 pub fn router<S, C>(status: StatusApi<S>, sessions: Option<C>) -> Router
 where
-    S: JobStore + 'static,
+    S: JobStore + UsageLedger + 'static,
     C: SessionCheck + 'static,
 {
     let http = status.settings.http.clone();
     let routes = Router::new()
+        .route("/usage", get(usage::<S>))
         .route("/jobs", get(list::<S>))
         .route("/jobs/{id}", get(job::<S>))
         .route("/jobs/{id}/cancel", post(cancel::<S>))
@@ -140,6 +148,27 @@ async fn job<S: JobStore>(
     Ok(Json(JobView::of(&job, &status.artifacts_bucket)))
 }
 
+/// The caller's use of this day and month, their budgets and what is left.
+async fn usage<S: JobStore + UsageLedger>(
+    State(status): State<Arc<StatusApi<S>>>,
+    caller: Caller,
+) -> Result<Json<UsageView>, ApiError> {
+    let now = Utc::now();
+    let periods = PeriodKind::ALL.map(|kind| Period::containing(kind, now));
+    let budget = status.store.budget_override(&caller.owner);
+    let used = status.store.usage(&caller.owner, &periods);
+    let (user, used) = tokio::try_join!(budget, used)?;
+    let budget = status.settings.budget.overridden_by(user);
+    match used.as_slice() {
+        [day, month] => Ok(Json(UsageView::of(day, month, &budget))),
+        _ => Err(ApiError::internal()),
+    }
+}
+
+/// How often a stop is tried again when the job moved on (`queued` → `running`) between the
+/// read and the write.
+const CANCEL_TRIES: usize = 3;
+
 /// `queued` or `running` → `cancelled`: a queued job is never started, a running attempt
 /// stops at its next write. Cancelling a cancelled job again changes nothing.
 async fn cancel<S: JobStore>(
@@ -147,21 +176,29 @@ async fn cancel<S: JobStore>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = status.own_job(&caller, &id).await?;
-    let job = match status
-        .store
-        .transition(job.id, &Transition::Cancel, Utc::now())
-        .await?
-    {
-        Transitioned::Done(job) => {
-            tracing::info!(job_id = %job.id, "job cancelled by its owner");
-            job
+    let mut job = status.own_job(&caller, &id).await?;
+    for _ in 0..CANCEL_TRIES {
+        if job.status.is_terminal() {
+            break;
         }
-        Transitioned::Refused(current) => current.ok_or_else(ApiError::job_not_found)?,
-    };
+        job = match status
+            .store
+            .transition(job.id, &Transition::cancel(&job), Utc::now())
+            .await?
+        {
+            Transitioned::Done(job) => {
+                tracing::info!(job_id = %job.id, "job cancelled by its owner");
+                metrics::job_finished(job.status.as_str(), None);
+                job
+            }
+            Transitioned::Refused(current) => current.ok_or_else(ApiError::job_not_found)?,
+        };
+    }
     match job.status {
         JobStatus::Cancelled => Ok(Json(JobView::of(&job, &status.artifacts_bucket))),
-        finished => Err(ApiError::not_cancellable(finished.as_str())),
+        finished if finished.is_terminal() => Err(ApiError::not_cancellable(finished.as_str())),
+        // It kept changing under the stop: the caller may simply try again.
+        _ => Err(ApiError::unavailable()),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `status` Lambda: `GET /jobs/{id}` and `GET /jobs`.
+//! The `status` Lambda: `GET /jobs/{id}`, `GET /jobs`, `POST /jobs/{id}/cancel`, `GET /usage`.
 
 use pipeline::adapters::{CognitoSessionCheck, DynamoJobStore};
 use status::{Config, StatusApi};

@@ -16,8 +16,9 @@ use pipeline::config::{ConfigError, Env};
 use pipeline::delivery::{self, Deliveries, Outcome};
 use pipeline::domain::{
     Artifact, ArtifactResponse, Completion, FailureCode, Job, JobFailure, JobId, Lease, LeaseId,
-    PriceTable, TokenCounts, Transition, Transitioned,
+    NanoUsd, PriceTable, TokenCounts, Transition, Transitioned,
 };
+use pipeline::metrics;
 use pipeline::ports::{
     ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, Progress, Redelivery, TextModel,
 };
@@ -165,6 +166,8 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         let Some(lease) = job.lease.clone() else {
             return Outcome::Retry; // a started job always has its lease
         };
+        let queued_for = (now - job.created_at).to_std().unwrap_or_default();
+        metrics::job_started(queued_for, job.attempts);
         info!(
             attempt = job.attempts,
             delivery = delivery::receive_count(delivery.message),
@@ -183,15 +186,18 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
             }
         };
         let latency = started.elapsed();
+        let first_text = progress.first_text_at().map(|at| at - started);
         match reply {
             Ok(reply) => {
-                self.succeed(&delivery, &job, &lease.id, reply, latency)
+                self.succeed(&delivery, &job, &lease.id, reply, (latency, first_text))
                     .await
             }
             Err(ModelError::Retryable(cause)) if job.attempts < self.settings.max_attempts => {
+                metrics::model_throttled(&job.request.model);
                 self.release(&delivery, &job, &lease.id, &cause).await
             }
             Err(ModelError::Retryable(cause)) => {
+                metrics::model_throttled(&job.request.model);
                 let message = format!(
                     "The model was unavailable on all {} calls; the last error was: {cause}",
                     job.attempts
@@ -287,7 +293,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         job: &Job,
         lease: &LeaseId,
         reply: ModelReply,
-        latency: Duration,
+        (latency, first_text): (Duration, Option<Duration>),
     ) -> Outcome {
         let completed_at = Utc::now();
         let key = job.artifact_key(job.attempts);
@@ -303,6 +309,16 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                 ..TokenCounts::default()
             })
         });
+        metrics::model_call(
+            &job.request.model,
+            &metrics::ModelCall {
+                latency,
+                time_to_first_token: first_text,
+                input_tokens: reply.usage.input_tokens,
+                output_tokens: reply.usage.output_tokens,
+                cost_usd: cost.map(NanoUsd::as_usd),
+            },
+        );
         let artifact = Artifact::new(job, response, reply.usage, cost, completed_at, latency_ms);
         if let Err(cause) = self.artifacts.put(&key, &artifact).await {
             let cause = format!("could not write the artifact: {cause}");
@@ -327,6 +343,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                     latency_ms,
                     "job succeeded"
                 );
+                metrics::job_finished(succeeded.status.as_str(), None);
                 self.deliveries().tidy(&succeeded).await
             }
             Ok(Transitioned::Refused(Some(finished))) if finished.status.is_terminal() => {

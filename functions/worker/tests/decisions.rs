@@ -10,8 +10,8 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pipeline::domain::{
-    Completion, FailureCode, GenerateRequest, Job, JobFailure, JobId, JobStatus, Lease, NanoUsd,
-    Owner, Transition, Transitioned, Usage,
+    Budget, Completion, FailureCode, GenerateRequest, Job, JobFailure, JobId, JobStatus, Lease,
+    NanoUsd, Owner, Transition, Transitioned, Usage,
 };
 use pipeline::fakes::{
     InMemoryArtifacts, InMemoryJobStore, RecordedRedelivery, ScriptedModel, StoreOp, model_reply,
@@ -484,7 +484,7 @@ async fn a_cancellation_during_the_model_call_stops_the_attempt_at_its_next_writ
         let owner = world.store.clone();
         let id = job.id;
         world.model.during_call(move |_| {
-            let cancelled = owner.apply(id, &Transition::Cancel, Utc::now());
+            let cancelled = owner.cancel(id, Utc::now());
             assert!(
                 matches!(cancelled, Transitioned::Done(_)),
                 "cancelled while running"
@@ -814,8 +814,8 @@ async fn a_failed_redelivery_still_retries_the_message() {
 struct LeaseEndsDuringTheRefusal(InMemoryJobStore);
 
 impl JobStore for LeaseEndsDuringTheRefusal {
-    async fn insert(&self, job: &Job) -> Result<Inserted, Unavailable> {
-        self.0.insert(job).await
+    async fn insert(&self, job: &Job, budget: &Budget) -> Result<Inserted, Unavailable> {
+        self.0.insert(job, budget).await
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, Unavailable> {
@@ -1042,7 +1042,7 @@ async fn a_cancellation_mid_stream_stops_the_stream_and_keeps_the_text() {
         loop {
             let current = owner.job(job.id).unwrap();
             if current.partial_output.is_some() {
-                owner.apply(job.id, &Transition::Cancel, Utc::now());
+                owner.cancel(job.id, Utc::now());
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -1127,4 +1127,72 @@ async fn a_job_of_a_model_without_a_price_records_no_cost() {
     assert_eq!(done.completion.unwrap().cost, None);
     let key = &world.artifacts.keys()[0];
     assert_eq!(world.artifacts.get(key).unwrap().cost_usd, None);
+}
+
+/// The EMF records of one model call, by name: each metric's record, as CloudWatch would
+/// read it.
+fn record_with<'a>(records: &'a [serde_json::Value], metric: &str) -> &'a serde_json::Value {
+    records
+        .iter()
+        .find(|record| record.get(metric).is_some())
+        .unwrap_or_else(|| panic!("no {metric} in {records:#?}"))
+}
+
+/// What operators see of a job: its wait in the queue, the model call (latency, time to first
+/// token, tokens, cost, by model and overall), a retry, a throttle, and its outcome.
+#[tokio::test]
+async fn a_jobs_life_is_written_as_emf_metrics() {
+    let captured = pipeline::metrics::capture();
+    let world = World::new(3);
+    let job = queued_job();
+    world.store.seed(job.clone());
+    world
+        .model
+        .push(Err(ModelError::Retryable(THROTTLED.into())));
+    world.model.push_stream(
+        &["Hi ", "there."],
+        Duration::from_millis(30),
+        Ok(model_reply(ANSWER)),
+    );
+    assert_eq!(
+        world.deliver(vec![message(job.id, "m-1", 1)]).await,
+        ["m-1"]
+    );
+    assert!(
+        world
+            .deliver(vec![message(job.id, "m-1", 2)])
+            .await
+            .is_empty()
+    );
+
+    let records = captured.records();
+    let waited = record_with(&records, "QueueWait");
+    assert!(
+        waited["QueueWait"].as_f64().unwrap() >= 60_000.0,
+        "created a minute ago"
+    );
+    assert_eq!(record_with(&records, "Retries")["Retries"], 1);
+    let throttled = record_with(&records, "ModelThrottles");
+    assert_eq!(throttled["Model"], job.request.model);
+    let call = record_with(&records, "ModelLatency");
+    let definition = &call["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(definition["Dimensions"], serde_json::json!([[], ["Model"]]));
+    assert_eq!(call["Model"], "amazon.nova-micro-v1:0");
+    let reply = model_reply(ANSWER);
+    assert_eq!(call["InputTokens"], reply.usage.input_tokens);
+    assert_eq!(call["OutputTokens"], reply.usage.output_tokens);
+    assert!(
+        call["CostUsd"].as_f64().unwrap() > 0.0,
+        "the model has a price"
+    );
+    let first = call["TimeToFirstToken"].as_f64().unwrap();
+    assert!(first <= call["ModelLatency"].as_f64().unwrap());
+    let finished = record_with(&records, "JobsFinished");
+    assert_eq!(finished["Outcome"], "succeeded");
+    assert!(
+        records
+            .iter()
+            .all(|record| record.get("JobsFailed").is_none()),
+        "it did not fail"
+    );
 }

@@ -3,17 +3,24 @@ use std::collections::HashMap;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, KeysAndAttributes, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update as UpdateOp,
+};
 use chrono::{DateTime, Utc};
 
 use super::describe;
 use crate::domain::{
-    Completion, GenerateRequest, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Lease,
-    LeaseId, NanoUsd, Owner, RateWindow, Transition, Transitioned, Usage, format_timestamp,
+    Amount, Budget, BudgetOverride, Completion, GenerateRequest, Guard, IdempotencyKey, Job,
+    JobFailure, JobId, JobStatus, Lease, LeaseId, NanoUsd, OverBudget, Owner, Period, PeriodKind,
+    PeriodUsage, RateWindow, Settlement, Transition, Transitioned, Usage, format_timestamp,
     parse_timestamp,
 };
-use crate::ports::{Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable};
+use crate::ports::{
+    Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable, UsageLedger,
+};
 
 /// The owner index of the contract: partition key `owner`, sort key `created_at`.
 pub const OWNER_INDEX: &str = "owner-created_at-index";
@@ -52,8 +59,253 @@ impl DynamoJobStore {
     }
 }
 
+/// How often a transaction that collided with another on the same ledger is tried again
+/// (DynamoDB cancels one of two concurrent transactions on an item; the SDK does not retry it).
+const TRANSACTION_TRIES: u32 = 5;
+
+impl DynamoJobStore {
+    /// The job's put and its reservation's ledger updates, as one transaction.
+    async fn insert_reserving(
+        &self,
+        job: &Job,
+        worst_case: &Amount,
+        budget: &Budget,
+    ) -> Result<Inserted, Unavailable> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(job_to_item(job)))
+            .condition_expression("attribute_not_exists(job_id)")
+            .build()
+            .map_err(|error| Unavailable::new("DynamoDB TransactWriteItems", error))?;
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
+        let mut periods = Vec::new();
+        for kind in PeriodKind::ALL {
+            let period = Period::containing(kind, job.created_at);
+            // Room for this job: the committed amount must be at most the limit less the job's
+            // worst case (a condition cannot add). A job that alone exceeds it never fits.
+            let room = match budget.limit(kind) {
+                Some(limit) => match limit.checked_sub(kind.measure(worst_case)) {
+                    Some(room) => Some(room),
+                    None => {
+                        return Ok(Inserted::OverBudget(OverBudget {
+                            period,
+                            limit,
+                            committed: None,
+                            needed: kind.measure(worst_case),
+                        }));
+                    }
+                },
+                None => None,
+            };
+            let ledger = LedgerChange {
+                key: period.ledger_key(&job.owner),
+                expires_at: period.ledger_expires_at(),
+                jobs: 1,
+                settled_jobs: 0,
+                committed: (i128::from(worst_case.tokens), i128::from(worst_case.cost.0)),
+                charged: Amount::default(),
+                usage: Usage::default(),
+            };
+            items.push(ledger.update(&self.table, room.map(|room| (kind, room)))?);
+            periods.push((period, budget.limit(kind)));
+        }
+        match self.transact(items).await? {
+            None => Ok(Inserted::Created),
+            Some(reasons) => {
+                if failed_condition(reasons.first()) {
+                    return Ok(Inserted::AlreadyExists);
+                }
+                let (period, limit, reason) = periods
+                    .into_iter()
+                    .zip(&reasons[1..])
+                    .find_map(|((period, limit), reason)| {
+                        failed_condition(Some(reason)).then_some((period, limit?, reason))
+                    })
+                    .ok_or_else(|| Unavailable::new("DynamoDB", "transaction cancelled"))?;
+                let kind = period.kind;
+                let committed = reason.item().map(|item| {
+                    let ledger = item_to_usage(item, period.clone());
+                    kind.measure(&ledger.committed)
+                });
+                Ok(Inserted::OverBudget(OverBudget {
+                    period,
+                    limit,
+                    committed,
+                    needed: kind.measure(worst_case),
+                }))
+            }
+        }
+    }
+
+    /// Runs a transaction: `None` when it is applied, else why each item refused (a
+    /// conditional check, in the order of `items`). Collisions with concurrent transactions
+    /// are tried again.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Option<Vec<CancellationReason>>, Unavailable> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(None),
+                Err(error) => error,
+            };
+            if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+                error.as_service_error()
+            {
+                let reasons = cancelled.cancellation_reasons().to_vec();
+                let collided = reasons
+                    .iter()
+                    .any(|reason| reason.code() == Some("TransactionConflict"));
+                if !collided {
+                    return Ok(Some(reasons));
+                }
+                if tries < TRANSACTION_TRIES {
+                    let pause = 20 * u64::from(tries) + fastrand::u64(0..20);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    continue;
+                }
+            }
+            return Err(Unavailable::new(
+                "DynamoDB TransactWriteItems",
+                describe(&error),
+            ));
+        }
+    }
+
+    /// A terminal transition of a job that reserved budget: the job's conditional update and
+    /// its settlement, as one transaction.
+    async fn transition_settling(
+        &self,
+        id: JobId,
+        update: Update,
+        settlement: &Settlement,
+    ) -> Result<Transitioned, Unavailable> {
+        let job_update = UpdateOp::builder()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .update_expression(update.expression)
+            .condition_expression(update.condition)
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|error| Unavailable::new("DynamoDB TransactWriteItems", error))?;
+        let mut items = vec![TransactWriteItem::builder().update(job_update).build()];
+        for key in &settlement.ledgers {
+            let change = LedgerChange {
+                key: key.clone(),
+                expires_at: 0,
+                jobs: 0,
+                settled_jobs: 1,
+                committed: settlement.charged.minus(&settlement.reserved),
+                charged: settlement.charged,
+                usage: settlement.usage,
+            };
+            items.push(change.update(&self.table, None)?);
+        }
+        match self.transact(items).await? {
+            // A terminal job never changes again: read now, it is what was written.
+            None => self
+                .get(id)
+                .await?
+                .map(Transitioned::Done)
+                .ok_or_else(|| Unavailable::new("DynamoDB", format!("job {id} vanished"))),
+            Some(reasons) => {
+                let job = reasons.first().and_then(CancellationReason::item);
+                Ok(Transitioned::Refused(job.map(item_to_job).transpose()?))
+            }
+        }
+    }
+}
+
+/// A change of one ledger item: its counters move by these amounts.
+struct LedgerChange {
+    key: String,
+    /// When it is first written: its period's end plus what it is kept for (0: left alone).
+    expires_at: i64,
+    jobs: u64,
+    settled_jobs: u64,
+    /// Signed: a settlement gives back what its job reserved and did not use.
+    committed: (i128, i128),
+    charged: Amount,
+    usage: Usage,
+}
+
+impl LedgerChange {
+    /// The change as one transaction item, checking that the committed amount of `kind`
+    /// stays at most `room` before it, if given.
+    fn update(
+        &self,
+        table: &str,
+        room: Option<(PeriodKind, u64)>,
+    ) -> Result<TransactWriteItem, Unavailable> {
+        let adds = [
+            ("jobs", i128::from(self.jobs)),
+            ("settled_jobs", i128::from(self.settled_jobs)),
+            ("committed_tokens", self.committed.0),
+            ("committed_nano_usd", self.committed.1),
+            ("charged_tokens", i128::from(self.charged.tokens)),
+            ("charged_nano_usd", i128::from(self.charged.cost.0)),
+            ("input_tokens", i128::from(self.usage.input_tokens)),
+            ("output_tokens", i128::from(self.usage.output_tokens)),
+        ];
+        let mut expression = format!(
+            "ADD {}",
+            adds.iter()
+                .map(|(name, _)| format!("{name} :{name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut values: Item = adds
+            .iter()
+            .map(|(name, amount)| (format!(":{name}"), n(amount)))
+            .collect();
+        if self.expires_at > 0 {
+            expression =
+                format!("SET expires_at = if_not_exists(expires_at, :expires) {expression}");
+            values.insert(":expires".into(), n(self.expires_at));
+        }
+        let mut update = UpdateOp::builder()
+            .table_name(table)
+            .key("job_id", s(&self.key))
+            .update_expression(expression)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some((kind, room)) = room {
+            let measure = match kind {
+                PeriodKind::Day => "committed_tokens",
+                PeriodKind::Month => "committed_nano_usd",
+            };
+            update = update.condition_expression(format!(
+                "attribute_not_exists({measure}) OR {measure} <= :room"
+            ));
+            values.insert(":room".into(), n(room));
+        }
+        let update = update
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(|error| Unavailable::new("DynamoDB TransactWriteItems", error))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+}
+
+/// Whether a transaction item was refused by its condition.
+fn failed_condition(reason: Option<&CancellationReason>) -> bool {
+    reason.and_then(CancellationReason::code) == Some("ConditionalCheckFailed")
+}
+
 impl JobStore for DynamoJobStore {
-    async fn insert(&self, job: &Job) -> Result<Inserted, Unavailable> {
+    async fn insert(&self, job: &Job, budget: &Budget) -> Result<Inserted, Unavailable> {
+        if let Some(worst_case) = &job.reservation {
+            return self.insert_reserving(job, worst_case, budget).await;
+        }
         let result = self
             .client
             .put_item()
@@ -127,6 +379,16 @@ impl JobStore for DynamoJobStore {
         at: DateTime<Utc>,
     ) -> Result<Transitioned, Unavailable> {
         let update = Update::of(transition, at);
+        if transition.target().is_some_and(JobStatus::is_terminal) {
+            // What it reserved never changes after the insert, so reading it first is safe.
+            let settlement = self
+                .get(id)
+                .await?
+                .and_then(|job| job.settlement(transition));
+            if let Some(settlement) = settlement {
+                return self.transition_settling(id, update, &settlement).await;
+            }
+        }
         let result = self
             .client
             .update_item()
@@ -245,7 +507,8 @@ impl Update {
                 ("error_code", s(&failure.code)),
                 ("error_message", s(&failure.message)),
             ]),
-            Transition::Release { .. } | Transition::Cancel | Transition::Requeue { .. } => {}
+            Transition::Release { .. } | Transition::Cancel { .. } | Transition::Requeue { .. } => {
+            }
         }
 
         // Every attribute goes by an alias: `status` and `owner` are DynamoDB reserved words.
@@ -285,6 +548,11 @@ impl Update {
         alias.to_owned()
     }
 
+    /// A status as a value, under one alias per status however often it is used.
+    fn status_value(&mut self, status: JobStatus) -> String {
+        self.value_once(&format!(":{}", status.as_str()), s(status.as_str()))
+    }
+
     fn value(&mut self, value: AttributeValue) -> String {
         let alias = format!(":v{}", self.values.len());
         self.values.insert(alias.clone(), value);
@@ -296,10 +564,10 @@ impl Update {
     /// makes only its own.)
     fn guard(&mut self, guard: &Guard) -> String {
         let status = self.name("status");
-        let running = self.value_once(":running", s(JobStatus::Running.as_str()));
         match guard {
             Guard::Free(at) => {
-                let queued = self.value_once(":queued", s(JobStatus::Queued.as_str()));
+                let queued = self.status_value(JobStatus::Queued);
+                let running = self.status_value(JobStatus::Running);
                 let expires = self.name("lease_expires_at");
                 let now = self.value(n(at.timestamp_millis()));
                 format!(
@@ -314,13 +582,14 @@ impl Update {
                 format!("{free} AND {attempts} < {max}")
             }
             Guard::Holds(lease) => {
+                let running = self.status_value(JobStatus::Running);
                 let lease_id = self.name("lease_id");
                 let lease = self.value(s(lease.as_str()));
                 format!("{status} = {running} AND {lease_id} = {lease}")
             }
-            Guard::Unfinished => {
-                let queued = self.value_once(":queued", s(JobStatus::Queued.as_str()));
-                format!("{status} IN ({queued}, {running})")
+            Guard::Is(expected) => {
+                let expected = self.status_value(*expected);
+                format!("{status} = {expected}")
             }
             Guard::Stranded {
                 at,
@@ -357,6 +626,64 @@ impl SubmissionQuota for DynamoJobStore {
             Err(error) if condition_failed(&error) => Ok(false),
             Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
         }
+    }
+}
+
+impl UsageLedger for DynamoJobStore {
+    async fn budget_override(&self, owner: &Owner) -> Result<BudgetOverride, Unavailable> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("job_id", s(budget_key(owner)))
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
+        Ok(output
+            .item
+            .as_ref()
+            .map(item_to_override)
+            .unwrap_or_default())
+    }
+
+    async fn usage(
+        &self,
+        owner: &Owner,
+        periods: &[Period],
+    ) -> Result<Vec<PeriodUsage>, Unavailable> {
+        let keys = periods
+            .iter()
+            .map(|period| HashMap::from([("job_id".to_owned(), s(period.ledger_key(owner)))]))
+            .collect();
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .build()
+            .map_err(|error| Unavailable::new("DynamoDB BatchGetItem", error))?;
+        let output = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, request)
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB BatchGetItem", describe(&error)))?;
+        let items = output
+            .responses
+            .and_then(|mut tables| tables.remove(&self.table))
+            .unwrap_or_default();
+        Ok(periods
+            .iter()
+            .map(|period| {
+                let key = period.ledger_key(owner);
+                items
+                    .iter()
+                    .find(|item| Record(item).text("job_id") == Some(key.as_str()))
+                    .map_or_else(
+                        || PeriodUsage::empty(period.clone()),
+                        |item| item_to_usage(item, period.clone()),
+                    )
+            })
+            .collect())
     }
 }
 
@@ -404,6 +731,14 @@ fn job_to_item(job: &Job) -> Item {
         (
             "completed_at",
             job.completed_at.map(|at| s(format_timestamp(at))),
+        ),
+        (
+            "reserved_tokens",
+            job.reservation.map(|reserved| n(reserved.tokens)),
+        ),
+        (
+            "reserved_nano_usd",
+            job.reservation.map(|reserved| n(reserved.cost.0)),
         ),
     ];
     item.extend(
@@ -510,7 +845,75 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         idempotency_key: record
             .text("idempotency_key")
             .and_then(|key| IdempotencyKey::parse(key).ok()),
+        reservation: match (number("reserved_tokens")?, number("reserved_nano_usd")?) {
+            (Some(tokens), Some(cost)) => Some(Amount {
+                tokens,
+                cost: NanoUsd(cost),
+            }),
+            _ => None,
+        },
     })
+}
+
+/// A ledger item (missing counters are zero; a malformed one reads as zero rather than
+/// stopping the user's submissions).
+fn item_to_usage(item: &Item, period: Period) -> PeriodUsage {
+    let record = Record(item);
+    let number = |name: &str| {
+        record
+            .number::<i64>(name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+            .max(0) as u64
+    };
+    PeriodUsage {
+        jobs: number("jobs"),
+        settled_jobs: number("settled_jobs"),
+        committed: Amount {
+            tokens: number("committed_tokens"),
+            cost: NanoUsd(number("committed_nano_usd")),
+        },
+        charged: Amount {
+            tokens: number("charged_tokens"),
+            cost: NanoUsd(number("charged_nano_usd")),
+        },
+        usage: Usage {
+            input_tokens: number("input_tokens"),
+            output_tokens: number("output_tokens"),
+        },
+        period,
+    }
+}
+
+/// The operator's `budget#<owner>` item: `tokens_per_day` (a number) and `usd_per_month`
+/// (dollars, as a number or a string such as "5.00"); either may be "unlimited". A value that
+/// is neither is ignored, with a warning, so the default applies.
+fn item_to_override(item: &Item) -> BudgetOverride {
+    let limit = |name: &str, parse: fn(&str) -> Option<u64>| -> Option<Option<u64>> {
+        let value = item.get(name)?;
+        let text = value.as_n().or_else(|_| value.as_s()).ok()?;
+        if text.trim().eq_ignore_ascii_case("unlimited") {
+            return Some(None);
+        }
+        let parsed = parse(text);
+        if parsed.is_none() {
+            tracing::warn!(attribute = name, value = %text, "ignored a budget override that is not a limit");
+        }
+        parsed.map(Some)
+    };
+    BudgetOverride {
+        tokens_per_day: limit("tokens_per_day", |text| text.trim().parse().ok()),
+        usd_per_month: limit("usd_per_month", |text| {
+            NanoUsd::parse_usd(text).map(|usd| usd.0)
+        })
+        .map(|limit| limit.map(NanoUsd)),
+    }
+}
+
+/// The key of the operator's limits for `owner`.
+pub fn budget_key(owner: &Owner) -> String {
+    format!("budget#{}", owner.as_str())
 }
 
 /// Typed reads of one item's attributes.
@@ -575,6 +978,53 @@ mod tests {
             assert!(!item.contains_key(absent), "{absent}");
         }
         assert_eq!(item_to_job(&item).unwrap(), job);
+    }
+
+    /// DynamoDB refuses a request whose names or values its expressions do not use.
+    #[test]
+    fn every_transitions_update_uses_every_name_and_value_it_defines() {
+        let at = parse_timestamp("2026-11-22T10:00:00.000Z").unwrap();
+        let lease = Lease::new(at);
+        let failure = JobFailure::new(crate::domain::FailureCode::WorkerError, "gone");
+        let transitions = [
+            Transition::Start {
+                lease: lease.clone(),
+                max_attempts: 3,
+            },
+            Transition::Flush {
+                lease: lease.id.clone(),
+                output: "so far".into(),
+            },
+            Transition::Release {
+                lease: lease.id.clone(),
+            },
+            Transition::Fail {
+                lease: None,
+                failure: failure.clone(),
+            },
+            Transition::Fail {
+                lease: Some(lease.id.clone()),
+                failure,
+            },
+            Transition::Cancel { running: true },
+            Transition::Cancel { running: false },
+            Transition::Requeue {
+                unchanged_since: at,
+                max_attempts: 3,
+            },
+        ];
+        for transition in transitions {
+            let update = Update::of(&transition, at);
+            let text = format!("{} {}", update.expression, update.condition);
+            let used = |alias: &String| {
+                text.match_indices(alias.as_str()).any(|(i, _)| {
+                    !text[i + alias.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                })
+            };
+            for alias in update.names.keys().chain(update.values.keys()) {
+                assert!(used(alias), "{alias} unused by {transition:?}: {text}");
+            }
+        }
     }
 
     #[test]

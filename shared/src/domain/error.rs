@@ -13,6 +13,7 @@ pub enum ErrorCode {
     NotCancellable,
     PromptTooLong,
     RateLimited,
+    BudgetExceeded,
     Internal,
     Unavailable,
 }
@@ -29,6 +30,7 @@ impl ErrorCode {
             Self::NotCancellable => "not_cancellable",
             Self::PromptTooLong => "prompt_too_long",
             Self::RateLimited => "rate_limited",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
         }

@@ -4,6 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::budget::{Amount, Period, PeriodKind, Settlement, charge};
 use super::{GenerateRequest, NanoUsd, RequestError};
 
 /// A job's id: a lower-case UUID v4.
@@ -258,8 +259,10 @@ pub enum Transition {
         lease: Option<LeaseId>,
         failure: JobFailure,
     },
-    /// The owner stops the job, whoever is working on it.
-    Cancel,
+    /// The owner stops the job, whoever is working on it: a job `running` as they saw it
+    /// (its model call may have used tokens), or still `queued` (it never reached the model),
+    /// which its charge depends on; a job that has changed from that is not stopped.
+    Cancel { running: bool },
     /// Recovery sends a stranded job's message again: the job is free, has model calls left
     /// and has not changed since `unchanged_since`. Its status stays; the change of
     /// `updated_at` keeps the next sweep from sending it again before its time.
@@ -278,8 +281,8 @@ pub enum Guard {
     Startable(DateTime<Utc>, u32),
     /// The job is `running` under this lease.
     Holds(LeaseId),
-    /// The job is `queued` or `running`, whatever its lease.
-    Unfinished,
+    /// The job has this status, whatever its lease.
+    Is(JobStatus),
     /// Startable at this time, and unchanged since the second time.
     Stranded {
         at: DateTime<Utc>,
@@ -303,7 +306,7 @@ impl Guard {
                 job.status == JobStatus::Running
                     && job.lease.as_ref().is_some_and(|lease| lease.id == *id)
             }
-            Self::Unfinished => !job.status.is_terminal(),
+            Self::Is(status) => job.status == *status,
             Self::Stranded {
                 at,
                 unchanged_since,
@@ -317,6 +320,13 @@ impl Guard {
 }
 
 impl Transition {
+    /// The owner's stop of `job` as they see it.
+    pub fn cancel(job: &Job) -> Self {
+        Self::Cancel {
+            running: job.status == JobStatus::Running,
+        }
+    }
+
     /// The status the job gets (`None`: it keeps its own).
     pub fn target(&self) -> Option<JobStatus> {
         match self {
@@ -325,7 +335,7 @@ impl Transition {
             }
             Self::Succeed { .. } => Some(JobStatus::Succeeded),
             Self::Fail { .. } => Some(JobStatus::Failed),
-            Self::Cancel => Some(JobStatus::Cancelled),
+            Self::Cancel { .. } => Some(JobStatus::Cancelled),
             Self::Requeue { .. } => None,
         }
     }
@@ -341,7 +351,8 @@ impl Transition {
             | Self::Fail {
                 lease: Some(lease), ..
             } => Guard::Holds(lease.clone()),
-            Self::Cancel => Guard::Unfinished,
+            Self::Cancel { running: true } => Guard::Is(JobStatus::Running),
+            Self::Cancel { running: false } => Guard::Is(JobStatus::Queued),
             Self::Requeue {
                 unchanged_since,
                 max_attempts,
@@ -387,6 +398,9 @@ pub struct Job {
     pub completion: Option<Completion>,
     pub failure: Option<JobFailure>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The worst case reserved against its owner's budgets when it was submitted (`None`: a
+    /// job recorded before budgets existed, which no ledger counts).
+    pub reservation: Option<Amount>,
 }
 
 impl Job {
@@ -418,7 +432,35 @@ impl Job {
             completion: None,
             failure: None,
             idempotency_key,
+            reservation: None,
         }
+    }
+
+    /// The same job, reserving `worst_case` against its owner's budgets.
+    pub fn reserving(self, worst_case: Amount) -> Self {
+        Self {
+            reservation: Some(worst_case),
+            ..self
+        }
+    }
+
+    /// The ledger items of the periods the job was created in: the ones its reservation and
+    /// its charge count in, even if it ends in the next period.
+    pub fn ledgers(&self) -> [String; 2] {
+        PeriodKind::ALL
+            .map(|kind| Period::containing(kind, self.created_at).ledger_key(&self.owner))
+    }
+
+    /// What `transition` settles, if it ends the job and the job reserved anything.
+    pub fn settlement(&self, transition: &Transition) -> Option<Settlement> {
+        let reserved = self.reservation?;
+        let (charged, usage) = charge(transition, &reserved)?;
+        Some(Settlement {
+            ledgers: self.ledgers(),
+            reserved,
+            charged,
+            usage,
+        })
     }
 
     /// Where attempt number `attempt` (the job's `attempts` once that attempt started it)
@@ -475,7 +517,8 @@ impl Job {
                 next.partial_output = None;
             }
             Transition::Fail { failure, .. } => next.failure = Some(failure.clone()),
-            Transition::Release { .. } | Transition::Cancel | Transition::Requeue { .. } => {}
+            Transition::Release { .. } | Transition::Cancel { .. } | Transition::Requeue { .. } => {
+            }
         }
         Some(next)
     }
@@ -623,7 +666,7 @@ mod tests {
             output: "so far".into(),
         };
         #[rustfmt::skip]
-        let cases: [(&str, Transition, [bool; 7]); 14] = [
+        let cases: [(&str, Transition, [bool; 7]); 15] = [
             //                                             queued live  expired released succ   failed cancelled
             (
                 "start B",
@@ -667,9 +710,14 @@ mod tests {
                 [true, false, true, true, false, false, false],
             ),
             (
-                "cancel",
-                Transition::Cancel,
-                [true, true, true, true, false, false, false],
+                "cancel a queued job",
+                Transition::Cancel { running: false },
+                [true, false, false, false, false, false, false],
+            ),
+            (
+                "cancel a running job",
+                Transition::Cancel { running: true },
+                [false, true, true, true, false, false, false],
             ),
             (
                 "succeed B",

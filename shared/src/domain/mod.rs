@@ -1,6 +1,7 @@
 //! The job domain: no AWS, no HTTP, no clock of its own (callers pass `now`).
 
 mod artifact;
+mod budget;
 mod error;
 mod job;
 mod message;
@@ -10,6 +11,10 @@ mod request;
 mod time;
 
 pub use artifact::{Artifact, ArtifactRequest, ArtifactResponse};
+pub use budget::{
+    Amount, Budget, BudgetOverride, OverBudget, PROMPT_OVERHEAD_TOKENS, Period, PeriodKind,
+    PeriodUsage, Settlement, charge,
+};
 pub use error::{ErrorCode, RequestError};
 pub use job::{
     Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Lease,

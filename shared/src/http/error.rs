@@ -6,7 +6,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::domain::{ErrorCode, RequestError};
+use crate::domain::{ErrorCode, OverBudget, RequestError};
 use crate::ports::Unavailable;
 
 /// An error the caller sees: a code from the contract, a sentence for a person, and the
@@ -30,7 +30,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::NotCancellable => StatusCode::CONFLICT,
         ErrorCode::PromptTooLong => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited | ErrorCode::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -99,6 +99,13 @@ impl ApiError {
             ),
         )
         .with_header(RETRY_AFTER, retry_after_secs)
+    }
+
+    /// `429` with `Retry-After` at the end of the budget's period, and a sentence saying
+    /// what was used and when it resets.
+    pub fn budget_exceeded(over: &OverBudget, now: chrono::DateTime<chrono::Utc>) -> Self {
+        Self::new(ErrorCode::BudgetExceeded, over.explain())
+            .with_header(RETRY_AFTER, over.period.retry_after_secs(now))
     }
 
     /// A dependency failed; the details belong in the log, not in the answer.

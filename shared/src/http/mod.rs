@@ -28,7 +28,10 @@ use crate::ports::SessionCheck;
 pub use body::TextBody;
 pub use caller::{Caller, require_live_session};
 pub use error::{ApiError, status_of};
-pub use views::{ArtifactLocation, ErrorView, JobLinks, JobView, SubmittedJob, location};
+pub use views::{
+    ArtifactLocation, BudgetView, ErrorView, JobLinks, JobView, PeriodView, SubmittedJob,
+    UsageView, location,
+};
 
 /// The largest request body accepted (`413` above it).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;

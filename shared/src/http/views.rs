@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
-use crate::domain::{Job, JobStatus, Usage, format_timestamp};
+use crate::domain::{
+    Budget, Job, JobStatus, NanoUsd, PeriodKind, PeriodUsage, Usage, format_timestamp,
+};
 
 /// The answer to `POST /generate` (`202`, or `200` for an idempotent repeat).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -132,6 +134,88 @@ impl JobView {
         Self {
             output: None,
             ..Self::of(job, artifacts_bucket)
+        }
+    }
+}
+
+/// The answer to `GET /usage`: the caller's use of the current day (tokens budget) and month
+/// (dollars budget).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UsageView {
+    pub day: PeriodView,
+    pub month: PeriodView,
+}
+
+/// One period of `GET /usage`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PeriodView {
+    /// `2026-11-23` or `2026-11` (UTC).
+    pub period: String,
+    pub starts_at: String,
+    /// When it resets.
+    pub ends_at: String,
+    /// Jobs submitted in the period, and those of them that have ended.
+    pub jobs: u64,
+    pub finished_jobs: u64,
+    /// Tokens the model reported for the ended jobs.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// What the ended jobs count against the budget: their tokens and cost, or their whole
+    /// reservation where their use is unknown.
+    pub tokens: u64,
+    pub cost_usd: f64,
+    /// Held by unfinished jobs (their worst case) until they end.
+    pub reserved_tokens: u64,
+    pub reserved_usd: f64,
+    /// The period's budget (`null`: none): its limit and what is left, in `unit`.
+    pub budget: Option<BudgetView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BudgetView {
+    /// `tokens` (a day) or `usd` (a month).
+    pub unit: &'static str,
+    pub limit: f64,
+    pub left: f64,
+}
+
+impl UsageView {
+    pub fn of(day: &PeriodUsage, month: &PeriodUsage, budget: &Budget) -> Self {
+        Self {
+            day: PeriodView::of(day, budget),
+            month: PeriodView::of(month, budget),
+        }
+    }
+}
+
+impl PeriodView {
+    fn of(usage: &PeriodUsage, budget: &Budget) -> Self {
+        let reserved = usage.reserved();
+        let kind = usage.period.kind;
+        let in_unit = |amount: u64| match kind {
+            PeriodKind::Day => amount as f64,
+            PeriodKind::Month => NanoUsd(amount).as_usd(),
+        };
+        Self {
+            period: usage.period.name.clone(),
+            starts_at: format_timestamp(usage.period.starts_at),
+            ends_at: format_timestamp(usage.period.ends_at),
+            jobs: usage.jobs,
+            finished_jobs: usage.settled_jobs,
+            input_tokens: usage.usage.input_tokens,
+            output_tokens: usage.usage.output_tokens,
+            tokens: usage.charged.tokens,
+            cost_usd: usage.charged.cost.as_usd(),
+            reserved_tokens: reserved.tokens,
+            reserved_usd: reserved.cost.as_usd(),
+            budget: budget.limit(kind).map(|limit| BudgetView {
+                unit: match kind {
+                    PeriodKind::Day => "tokens",
+                    PeriodKind::Month => "usd",
+                },
+                limit: in_unit(limit),
+                left: in_unit(usage.left(limit)),
+            }),
         }
     }
 }

@@ -233,7 +233,7 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
         chrono::Duration::days(1),
     );
     use pipeline::ports::JobStore;
-    store.insert(&stranded).await.unwrap();
+    store.insert(&stranded, &Default::default()).await.unwrap();
     let mut status = stranded.status;
     for _ in 0..150 {
         status = store.get(stranded.id).await.unwrap().unwrap().status;

@@ -289,7 +289,11 @@ async fn an_idempotent_repeat_enqueues_a_job_that_was_never_enqueued() {
         written,
         chrono::Duration::days(1),
     );
-    stack.store().insert(&job).await.unwrap();
+    stack
+        .store()
+        .insert(&job, &Default::default())
+        .await
+        .unwrap();
     let job_id = job.id.to_string();
 
     let body = r#"{"prompt": "are you there"}"#;

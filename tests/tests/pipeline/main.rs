@@ -2,6 +2,7 @@
 //! moto and the Bedrock-compatible endpoint. One binary, so that one moto serves every test.
 
 mod binaries;
+mod budgets;
 mod gateway;
 mod generate;
 mod iam_callers;

@@ -26,7 +26,11 @@ async fn written_but_never_sent(stack: &Stack, age: chrono::Duration) -> Job {
         Utc::now() - age,
         chrono::Duration::days(1),
     );
-    stack.store().insert(&job).await.unwrap();
+    stack
+        .store()
+        .insert(&job, &Default::default())
+        .await
+        .unwrap();
     job
 }
 

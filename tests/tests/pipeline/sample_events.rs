@@ -31,7 +31,11 @@ async fn seed(stack: &Stack, id: &str) {
         chrono::Duration::days(1),
     );
     job.id = JobId::parse(id).unwrap();
-    stack.store().insert(&job).await.unwrap();
+    stack
+        .store()
+        .insert(&job, &Default::default())
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -52,6 +56,7 @@ fn there_is_a_sample_for_each_input() {
             "jobs-list.json",
             "recovery-dead-letters.json",
             "recovery-sweep.json",
+            "usage.json",
             "worker-batch.json"
         ]
     );
@@ -71,6 +76,25 @@ async fn generate_json_is_accepted() {
     assert_eq!(item["idempotency_key"].as_s().unwrap(), "haiku-2026-11-22");
     // The sample carries an Idempotency-Key: sending it again is the same job.
     assert_eq!(stack.api().handle(event).await.status_code, 200);
+}
+
+#[tokio::test]
+async fn usage_json_shows_the_owners_use_of_the_day_and_month() {
+    let stack = Stack::new().await;
+    let event: ApiGatewayV2httpRequest = sample("usage.json");
+    let before = json_body(&stack.status().handle(event.clone()).await);
+    assert_eq!(before["day"]["jobs"], 0);
+    stack.api().handle(sample("generate.json")).await;
+    let response = stack.status().handle(event).await;
+    assert_eq!(response.status_code, 200, "{:?}", response.body);
+    let after = json_body(&response);
+    for period in ["day", "month"] {
+        assert_eq!(
+            after[period]["jobs"], 1,
+            "{period}: the sample job, by the same owner"
+        );
+        assert!(after[period]["reserved_tokens"].as_u64().unwrap() > 0);
+    }
 }
 
 #[tokio::test]
