@@ -1,6 +1,6 @@
 //! The local HTTP gateway: what API Gateway and CloudFront do when deployed.
 //!
-//! - `/generate`, `/jobs`, `/jobs/{id}`: the JWT authorizer's check, then the functions' own
+//! - `/generate`, `/jobs`, `/jobs/{id}`, `/usage`: the JWT authorizer's check, then the functions' own
 //!   axum routers, mounted unchanged, with the claims in the request context as API Gateway
 //!   puts them there. Preflights are answered first, as API Gateway's CORS configuration does.
 //! - `/config.json`: the web UI's configuration.
@@ -112,7 +112,8 @@ pub fn router(
         let (functions, static_files) = (functions.clone(), static_files.clone());
         async move {
             let path = request.uri().path();
-            if path == "/generate" || path == "/jobs" || path.starts_with("/jobs/") {
+            let routed = ["/generate", "/jobs", "/usage"].contains(&path);
+            if routed || path.starts_with("/jobs/") {
                 functions.oneshot(request).await.into_response()
             } else {
                 static_files.oneshot(request).await.into_response()

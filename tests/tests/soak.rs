@@ -24,8 +24,12 @@ use chrono::Utc;
 use futures::StreamExt;
 use integration_tests::*;
 use pipeline::adapters::{DynamoJobStore, S3ArtifactStore, SqsJobQueue};
-use pipeline::domain::{GenerateRequest, Job, JobId, JobStatus, Owner, Usage};
-use pipeline::ports::{JobStore, ModelError, ModelReply, ModelRequest, Progress, TextModel};
+use pipeline::domain::{
+    GenerateRequest, Job, JobId, JobStatus, Owner, Period, PeriodKind, Usage, parse_timestamp,
+};
+use pipeline::ports::{
+    JobStore, ModelError, ModelReply, ModelRequest, Progress, TextModel, UsageLedger,
+};
 use tokio::sync::watch;
 use worker::Worker;
 
@@ -385,8 +389,20 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
         )
     };
     let mut calls_total = 0;
+    // What each ledger should hold once every job has ended: their charges, nothing reserved.
+    let mut charged: HashMap<(Owner, String), (u64, u64)> = HashMap::new();
     for (id, _, _) in &submitted {
         let job = stack.store().get(*id).await.unwrap().unwrap();
+        if let Some(reserved) = job.reservation {
+            let tokens = match (&job.completion, &job.failure) {
+                (Some(done), _) => done.usage.input_tokens + done.usage.output_tokens,
+                (_, Some(failure)) if failure.code == "worker_error" => reserved.tokens,
+                _ => 0,
+            };
+            let day = Period::containing(PeriodKind::Day, job.created_at).name;
+            let ledger = charged.entry((job.owner.clone(), day)).or_default();
+            *ledger = (ledger.0 + 1, ledger.1 + tokens);
+        }
         let name = format!("job {id} ({})", job.request.prompt);
         assert!(job.status.is_terminal(), "{name} is {}", job.status);
         let outcome = match &job.failure {
@@ -459,6 +475,27 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
             listed.jobs.len(),
             expected,
             "{owner}: one job per submission key"
+        );
+    }
+    // Every reservation settled exactly once, to its job's charge, whatever was killed or
+    // delivered twice.
+    for ((owner, day), (jobs, tokens)) in &charged {
+        let period = Period::containing(
+            PeriodKind::Day,
+            parse_timestamp(&format!("{day}T12:00:00Z")).unwrap(),
+        );
+        let ledger = stack
+            .store()
+            .usage(owner, &[period])
+            .await
+            .unwrap()
+            .remove(0);
+        let name = format!("{}'s ledger of {day}", owner.as_str());
+        assert_eq!((ledger.jobs, ledger.settled_jobs), (*jobs, *jobs), "{name}");
+        assert_eq!(ledger.charged.tokens, *tokens, "{name}");
+        assert_eq!(
+            ledger.committed, ledger.charged,
+            "{name}: nothing left reserved"
         );
     }
     // No artifact but those of succeeded jobs: losers and killed attempts left nothing.

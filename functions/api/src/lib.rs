@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
     Amount, Budget, ErrorCode, FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure,
-    JobId, JobStatus, Limits, OverBudget, Owner, PriceTable, RateWindow, Transition,
+    JobId, JobStatus, Limits, OverBudget, Owner, PriceTable, RateWindow, Transition, Transitioned,
 };
 use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView, SubmittedJob, TextBody};
 use pipeline::long_poll;
@@ -340,19 +340,23 @@ impl<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue> GenerateApi<S, Q>
                 FailureCode::EnqueueFailed,
                 "The job could not be queued; please submit it again.",
             );
-            if let Err(cause) = self
+            let fail = Transition::Fail {
+                lease: None,
+                failure,
+            };
+            match self
                 .store
-                .transition(
-                    job.id,
-                    &Transition::Fail {
-                        lease: None,
-                        failure,
-                    },
-                    (self.settings.clock)(),
-                )
+                .transition(job.id, &fail, (self.settings.clock)())
                 .await
             {
-                error!(%cause, "could not mark the unqueued job failed");
+                Ok(Transitioned::Done(failed)) => {
+                    metrics::job_finished(
+                        failed.status.as_str(),
+                        Some(FailureCode::EnqueueFailed.as_str()),
+                    );
+                }
+                Ok(Transitioned::Refused(_)) => {}
+                Err(cause) => error!(%cause, "could not mark the unqueued job failed"),
             }
             return Err(ApiError::unavailable());
         }

@@ -186,7 +186,17 @@ async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
         .unwrap();
     assert_eq!(job.status(), 200);
     assert_eq!(job.json::<Value>().await.unwrap()["id"], "job-1");
-    assert_eq!(calls.calls(), 2);
+    let usage = reqwest::Client::new()
+        .get(format!("{url}/usage"))
+        .bearer_auth(&tokens.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(usage.status(), 200, "GET /usage is the status function's");
+    assert_eq!(usage.json::<Value>().await.unwrap()["path"], "/usage");
+    let anonymous = reqwest::get(format!("{url}/usage")).await.unwrap();
+    assert_eq!(anonymous.status(), 401, "behind the authorizer");
+    assert_eq!(calls.calls(), 3);
 
     let [header, payload, signature] = <[String; 3]>::try_from(segments(&tokens.access)).unwrap();
     let mut flipped = signature.clone().into_bytes();
@@ -219,7 +229,7 @@ async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
         assert_eq!(status, 401, "{case}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{case}");
     }
-    assert_eq!(calls.calls(), 2, "no refused request reached a function");
+    assert_eq!(calls.calls(), 3, "no refused request reached a function");
 
     // Two hours later, the same token has expired.
     let later = serve(&pool, &calls, 2 * 3600).await;
@@ -229,7 +239,7 @@ async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
     let earlier = serve(&pool, &calls, -3600).await;
     let (status, _) = get(&earlier, Some(&tokens.access)).await;
     assert_eq!(status, 401, "a token issued in the future");
-    assert_eq!(calls.calls(), 2);
+    assert_eq!(calls.calls(), 3);
 }
 
 #[tokio::test]
