@@ -299,6 +299,8 @@ async function renewTokens() {
 function endSession(message) {
   forgetSession();
   for (const entry of [...jobs.values()]) dropEntry(entry);
+  forgetUsage();
+  showSubmitError("");
   setUnreachable(false);
   showAuth("sign-in");
   if (message) notify(message, "info");
@@ -531,6 +533,7 @@ function wireJob(entry) {
       else if (error.status !== 401) notify(error.message);
     } finally {
       stop.disabled = false;
+      refreshUsage();
     }
   });
 
@@ -658,9 +661,12 @@ function showOutput(entry) {
 }
 
 /// "12 tokens in, 80 out, cost $0.000012": what the job used, and what it cost where the
-/// service knows its model's price.
+/// service knows its model's price. A succeeded job has the use the model reported, and so
+/// has a stopped job whose model call ended after the stop; a failed one shows none (what it
+/// counts against a budget is the usage panel's to say), whatever an answer carried.
 function usageText(job) {
-  if (!job.usage) return "";
+  const reported = job.status === "succeeded" || job.status === "cancelled";
+  if (!reported || !job.usage) return "";
   const tokens = `${job.usage.input_tokens} tokens in, ${job.usage.output_tokens} out`;
   return job.cost_usd === undefined ? tokens : `${tokens}, cost ${dollars(job.cost_usd)}`;
 }
@@ -713,6 +719,8 @@ function render(job) {
 
   if (before.status && before.status !== current.status) {
     announce(`A job ${current.status}: ${shortPrompt(current)}`);
+    // Its reservation is settled to what it used: the budget moved.
+    if (TERMINAL.has(current.status) && !TERMINAL.has(before.status)) refreshUsage();
   }
   if (TERMINAL.has(current.status)) unfollow(entry);
   return entry;
@@ -868,6 +876,169 @@ async function loadMore() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Usage and budgets (GET /usage)
+// ---------------------------------------------------------------------------------------
+
+/// Triggers that come together (a submission and a job ending, several jobs ending) make one
+/// request; one in flight is followed by at most one more.
+const USAGE_DEBOUNCE_MS = 250;
+/// How long after a period's end it is read again (the service's clock may lag the page's).
+const USAGE_ROLLOVER_DELAY_MS = 5000;
+let usage = null; // the last answer of GET /usage
+let usageTimer = null;
+let usageLoading = false;
+let usageAgain = false;
+let usageEpoch = 0; // grows at sign-out: an answer for the last user is dropped
+
+/// Reads GET /usage again, soon. Called on sign-in, after a submission (accepted or refused
+/// over budget), when a job ends or is stopped, and on Refresh; never on a timer, except once
+/// when the day (or month) shown has ended.
+function refreshUsage() {
+  if (!session) return;
+  clearTimeout(usageTimer);
+  usageTimer = setTimeout(loadUsage, USAGE_DEBOUNCE_MS);
+}
+
+async function loadUsage() {
+  usageTimer = null;
+  if (usageLoading) {
+    usageAgain = true;
+    return;
+  }
+  usageLoading = true;
+  const epoch = usageEpoch;
+  try {
+    const answer = await api("GET", "/usage");
+    if (epoch === usageEpoch && session) showUsage(answer);
+  } catch (error) {
+    // A service without GET /usage: no panel. Unreachable: the last figures stay.
+    if (epoch === usageEpoch && error.status === 404) forgetUsage();
+  } finally {
+    usageLoading = false;
+    // Asked for meanwhile (forgetUsage clears this for a user who signed out).
+    if (usageAgain) {
+      usageAgain = false;
+      loadUsage();
+    }
+  }
+}
+
+function forgetUsage() {
+  usageEpoch += 1;
+  clearTimeout(usageTimer);
+  usageTimer = null;
+  usageAgain = false;
+  usage = null;
+  $("usage").hidden = true;
+}
+
+const count = (n) => Math.round(n).toLocaleString("en");
+
+/// A budget's limit, or what is left of it, in dollars: in cents where that is exact, else as
+/// `dollars` does but never rounded up (what is left must not look like more than it is).
+function budgetDollars(amount) {
+  const cents = Math.round(amount * 100);
+  if (Math.abs(amount * 100 - cents) < 1e-6) return `$${(cents / 100).toFixed(2)}`;
+  if (amount >= 0.01) return `$${(Math.floor(amount * 1e4) / 1e4).toFixed(4)}`;
+  return dollars(amount);
+}
+
+/// "in 5 h": the time until a period resets, coarsely.
+function until(milliseconds) {
+  const minutes = Math.floor(milliseconds / 60_000);
+  if (minutes < 1) return "in less than a minute";
+  if (minutes < 60) return `in ${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return `in ${hours} h`;
+  return `in ${Math.floor(hours / 24)} days`;
+}
+
+/// How one period reads: tokens today, dollars this month.
+const PERIODS = {
+  day: { element: "usage-day", when: "today", unit: "tokens" },
+  month: { element: "usage-month", when: "this month", unit: "usd" },
+};
+
+function periodFigures(kind, period) {
+  const tokens = PERIODS[kind].unit === "tokens";
+  const used = Number(tokens ? period.tokens : period.cost_usd) || 0;
+  const reserved = Number(tokens ? period.reserved_tokens : period.reserved_usd) || 0;
+  // Use and reservations to the token or to two significant digits of a cent; a limit, and
+  // what is left of it, to the token or cent.
+  const amount = tokens ? count : dollars;
+  const budgetAmount = tokens ? count : budgetDollars;
+  const limit = period.budget ? Number(period.budget.limit) : null;
+  const left = period.budget ? Math.max(0, Number(period.budget.left) || 0) : null;
+  const limitText = limit === null ? "" : budgetAmount(limit);
+  const leftText = left === null ? "" : budgetAmount(left);
+  return { tokens, used, reserved, amount, limit, limitText, left, leftText };
+}
+
+function showUsage(answer) {
+  // When the first period shown ends, a moment after; never for periods already over when
+  // read (a clock ahead of the service's), which would ask again and again.
+  const now = Date.now();
+  const ends = ["day", "month"].map((kind) => Date.parse(answer[kind]?.ends_at)).filter((at) => at > now);
+  usage = { ...answer, staleAt: ends.length ? Math.min(...ends) + USAGE_ROLLOVER_DELAY_MS : Infinity };
+  for (const kind of Object.keys(PERIODS)) showPeriod(kind, answer[kind]);
+  $("usage").hidden = false;
+  tickUsage(Date.now());
+}
+
+function showPeriod(kind, period) {
+  const element = $(PERIODS[kind].element);
+  element.hidden = !period;
+  if (!period) return;
+  const { when } = PERIODS[kind];
+  const { tokens, used, reserved, amount, limit, limitText, left, leftText } = periodFigures(kind, period);
+  const noun = tokens ? " tokens" : "";
+  setText(
+    field(element, "used"),
+    limit === null ? `${amount(used)}${noun} ${when}` : `${amount(used)} of ${limitText}${noun} ${when}`,
+  );
+  setText(field(element, "reserved"), reserved > 0 ? `(+${amount(reserved)}${noun} reserved by running jobs)` : "");
+
+  const meter = field(element, "meter");
+  meter.hidden = limit === null;
+  if (limit === null) return;
+  const share = (part) => (limit > 0 ? Math.min(100, (100 * part) / limit) : 100);
+  const usedShare = share(used);
+  const reservedShare = Math.min(100 - usedShare, share(reserved));
+  const level = left <= 0 ? "full" : usedShare + reservedShare >= 80 ? "high" : "ok";
+  meter.dataset.level = level;
+  field(element, "meter-used").style.width = `${usedShare}%`;
+  field(element, "meter-reserved").style.width = `${reservedShare}%`;
+  meter.setAttribute("aria-valuemax", String(limit));
+  meter.setAttribute("aria-valuenow", String(Math.min(limit, used + reserved)));
+  const held = reserved > 0 ? ` and ${amount(reserved)} reserved` : "";
+  meter.setAttribute("aria-valuetext", `${amount(used)} used${held} of ${limitText}${noun}; ${leftText}${noun} left`);
+  const note = field(element, "note");
+  note.dataset.level = level;
+}
+
+/// The "left · resets in" lines follow the clock; once a period shown has ended, the figures
+/// are read again (once).
+function tickUsage(now) {
+  if (!usage || $("usage").hidden) return;
+  if (now >= usage.staleAt) {
+    usage.staleAt = Infinity;
+    refreshUsage();
+  }
+  for (const kind of Object.keys(PERIODS)) {
+    const period = usage[kind];
+    if (!period) continue;
+    const note = field($(PERIODS[kind].element), "note");
+    note.hidden = !period.budget;
+    if (!period.budget) continue;
+    const { tokens, left, leftText } = periodFigures(kind, period);
+    const ends = Date.parse(period.ends_at);
+    const resets = Number.isNaN(ends) ? "" : ` · resets ${until(ends - now)}`;
+    setText(note, `${left > 0 ? `${leftText}${tokens ? " tokens" : ""} left` : "None left"}${resets}`);
+    if (!Number.isNaN(ends) && note.title !== EXACT.format(new Date(ends))) note.title = EXACT.format(new Date(ends));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Submitting
 // ---------------------------------------------------------------------------------------
 
@@ -893,9 +1064,17 @@ function requestBody(form) {
   return body;
 }
 
+/// The service's sentence for a submission it refused over budget, next to the button.
+function showSubmitError(message) {
+  const box = $("submit-error");
+  box.textContent = message ? plain(message) : "";
+  box.hidden = !message;
+}
+
 async function submit(event) {
   event.preventDefault();
   clearNotice();
+  showSubmitError("");
   const form = event.target;
   if (!form.prompt.value.trim()) {
     notify("Write a prompt first.");
@@ -932,8 +1111,16 @@ async function submit(event) {
     form.prompt.value = "";
     showPromptCount();
     follow(entry);
+    // The job holds its worst case until it ends.
+    refreshUsage();
   } catch (error) {
-    if (error.status !== 401) notify(error.message);
+    if (error.code === "budget_exceeded") {
+      // The prompt stays in the box, to submit once the budget resets (or shortened).
+      showSubmitError(error.message);
+      refreshUsage();
+    } else if (error.status !== 401) {
+      notify(error.message);
+    }
   } finally {
     button.disabled = false;
   }
@@ -943,6 +1130,7 @@ async function submit(event) {
 setInterval(() => {
   const now = Date.now();
   for (const entry of jobs.values()) showTimes(entry, now);
+  tickUsage(now);
 }, 1000);
 
 // ---------------------------------------------------------------------------------------
@@ -977,6 +1165,7 @@ function showWorkspace() {
   $("account-email").title = session.email;
   $("prompt").focus();
   reloadJobs();
+  refreshUsage();
 }
 
 let pendingEmail = "";
@@ -1088,7 +1277,10 @@ function wire() {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) generate.requestSubmit();
   });
   $("prompt").addEventListener("input", showPromptCount);
-  $("refresh").addEventListener("click", () => reloadJobs());
+  $("refresh").addEventListener("click", () => {
+    reloadJobs();
+    refreshUsage();
+  });
   $("more").addEventListener("click", () => loadMore());
 }
 

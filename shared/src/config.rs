@@ -82,9 +82,8 @@ impl Env {
     }
 
     /// `BUDGET_TOKENS_PER_DAY` and `BUDGET_USD_PER_MONTH`: every user's default limits
-    /// (unset: none). With a dollar budget, every model of `limits` must have a price in
-    /// `prices`, or a job could not be priced before it runs.
-    pub fn budget(&self, limits: &Limits, prices: &PriceTable) -> Result<Budget, ConfigError> {
+    /// (unset: none).
+    pub fn budget(&self) -> Result<Budget, ConfigError> {
         let tokens_per_day = match self.optional("BUDGET_TOKENS_PER_DAY") {
             None => None,
             Some(_) => Some(self.positive("BUDGET_TOKENS_PER_DAY", 1u64)?),
@@ -99,16 +98,28 @@ impl Env {
                 },
             )?),
         };
-        let unpriced = prices.unpriced(&limits.allowed_models);
-        if usd_per_month.is_some() && !unpriced.is_empty() {
-            return Err(ConfigError::Unpriced(
-                unpriced.into_iter().map(str::to_owned).collect(),
-            ));
-        }
         Ok(Budget {
             tokens_per_day,
             usd_per_month,
         })
+    }
+
+    /// The budget, for the function that prices jobs against it: with a dollar budget, every
+    /// model of `limits` must have a price in `prices`, or a job could not be priced before
+    /// it runs.
+    pub fn priced_budget(
+        &self,
+        limits: &Limits,
+        prices: &PriceTable,
+    ) -> Result<Budget, ConfigError> {
+        let budget = self.budget()?;
+        let unpriced = prices.unpriced(&limits.allowed_models);
+        if budget.usd_per_month.is_some() && !unpriced.is_empty() {
+            return Err(ConfigError::Unpriced(
+                unpriced.into_iter().map(str::to_owned).collect(),
+            ));
+        }
+        Ok(budget)
     }
 
     /// `MAX_ATTEMPTS`: the model calls a job may have; the worker's limit, which recovery
@@ -215,7 +226,7 @@ mod tests {
         let prices = PriceTable::defaults();
         let read = |pairs: &[(&str, &str)]| {
             let env = env(pairs);
-            env.budget(&env.limits().unwrap(), &prices)
+            env.priced_budget(&env.limits().unwrap(), &prices)
         };
         assert_eq!(read(&[]), Ok(Budget::default()));
         assert_eq!(

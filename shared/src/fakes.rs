@@ -50,6 +50,7 @@ pub enum StoreOp {
     Fail,
     Cancel,
     Requeue,
+    RecordUsage,
     FindStale,
 }
 
@@ -63,6 +64,7 @@ impl StoreOp {
             Transition::Fail { .. } => Self::Fail,
             Transition::Cancel { .. } => Self::Cancel,
             Transition::Requeue { .. } => Self::Requeue,
+            Transition::RecordUsage { .. } => Self::RecordUsage,
         }
     }
 }

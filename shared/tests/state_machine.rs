@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use pipeline::domain::{
-    Completion, FailureCode, GenerateRequest, Guard, Job, JobFailure, JobStatus, Lease, LeaseId,
-    Owner, Transition, Usage,
+    CallUsage, Completion, FailureCode, GenerateRequest, Guard, Job, JobFailure, JobStatus, Lease,
+    LeaseId, Owner, Transition, Usage,
 };
 
 fn at() -> DateTime<Utc> {
@@ -204,6 +204,15 @@ fn every_applied_transition_is_an_allowed_move() {
             lease: live.id.clone(),
             output: "so far".into(),
         },
+        Transition::RecordUsage {
+            used: CallUsage {
+                usage: Usage {
+                    input_tokens: 3,
+                    output_tokens: 4,
+                },
+                cost: None,
+            },
+        },
     ];
     let mut applied = 0;
     for job in &jobs {
@@ -215,7 +224,13 @@ fn every_applied_transition_is_an_allowed_move() {
             let what = format!("{transition:?} on {} {:?}", job.status, job.lease);
             let stays = transition.target().is_none() && next.status == job.status;
             assert!(stays || job.status.can_become(next.status), "{what}");
-            assert!(!job.status.is_terminal(), "{what}");
+            // A terminal job changes only to record what its stopped call used, once.
+            let recorded = matches!(transition, Transition::RecordUsage { .. });
+            assert!(!job.status.is_terminal() || recorded, "{what}");
+            if recorded {
+                assert_eq!(job.status, JobStatus::Cancelled, "{what}");
+                assert!(next.apply(transition, at()).is_none(), "{what}: once");
+            }
             assert_eq!(next.seq, job.seq + 1, "{what}");
             let lease = match transition {
                 Transition::Start { lease, .. } => Some(lease),

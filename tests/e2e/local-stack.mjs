@@ -24,11 +24,15 @@ export function freePort() {
 }
 
 /// Starts local-stack with `args` (on `port`, else a free one) and resolves once it says it
-/// is ready.
-export async function startStack(args = [], { port } = {}) {
+/// is ready. `env` adds to (or, with `undefined`, removes from) this process's environment,
+/// e.g. `{ BUDGET_TOKENS_PER_DAY: "600" }`.
+export async function startStack(args = [], { port, env = {} } = {}) {
   port ??= await freePort();
+  const environment = { ...process.env, ...env };
+  for (const [name, value] of Object.entries(environment)) if (value === undefined) delete environment[name];
   const child = spawn(binary, ["--port", String(port), "--web-dir", path.join(root, "web"), ...args], {
     cwd: root,
+    env: environment,
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";

@@ -93,6 +93,51 @@ async function noHorizontalScroll(page) {
 
 const isJobRead = (url) => /\/jobs\/[0-9a-f-]{36}$/.test(new URL(url).pathname);
 
+/// The usage panel's line for `period` ("day" or "month"): its text, what is reserved, the
+/// note under the meter, and the meter.
+function usageLine(page, period) {
+  const line = page.getByRole("region", { name: "Your usage" }).locator(`[data-period="${period}"]`);
+  return {
+    used: line.locator('[data-field="used"]'),
+    reserved: line.locator('[data-field="reserved"]'),
+    note: line.locator('[data-field="note"]'),
+    meter: line.getByRole("meter"),
+  };
+}
+
+/// Waits until `locator`'s text is exactly `text`.
+async function textIs(locator, text) {
+  const deadline = Date.now() + WAIT.timeout;
+  let seen = await locator.textContent();
+  while (seen !== text && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    seen = await locator.textContent();
+  }
+  assert.equal(seen, text);
+}
+
+/// Counts the page's reads of GET /usage.
+function countUsageReads(page) {
+  const reads = [];
+  page.on("request", (request) => {
+    if (new URL(request.url()).pathname === "/usage") reads.push(Date.now());
+  });
+  return reads;
+}
+
+/// "12 tokens in, 80 out, cost $0.000012" → its figures.
+async function jobUsage(item) {
+  const text = await item.locator('[data-field="usage"]').innerText();
+  const match = text.match(/^(\d+) tokens in, (\d+) out, cost (\$[\d.]+)$/);
+  assert.ok(match, `a job's usage: ${text}`);
+  return { tokens: Number(match[1]) + Number(match[2]), cost: match[3] };
+}
+
+/// A job's worst case, as the service reserves it: the prompt's and system prompt's UTF-8
+/// bytes, 64 for the chat template, and max_tokens.
+const worstCase = (prompt, maxTokens, system = "") =>
+  Buffer.byteLength(prompt.trim()) + Buffer.byteLength(system.trim()) + 64 + maxTokens;
+
 // Each group has its own stack: the groups run side by side, the tests of a group in turn
 // (nested suites inherit concurrency, so each says so).
 const IN_TURN = { concurrency: false };
@@ -443,6 +488,25 @@ describe("the web UI", { concurrency: true }, () => {
       release();
       assert.deepEqual(await problems(), []);
     });
+
+    test("a stopped job shows the use and cost of a call that ended after the stop, and none without", async () => {
+      const { page, problems } = await openPage(stack.url);
+      await signIn(page, DEMO);
+      const cancelled = { status: "cancelled", seq: 2, output: "Once upon", completed_at: new Date().toISOString() };
+      for (const [answer, shown] of [
+        [{ ...cancelled, usage: { input_tokens: 4, output_tokens: 9 }, cost_usd: 0.25 }, "4 tokens in, 9 out, cost $0.2500"],
+        [cancelled, ""],
+      ]) {
+        await playJob(page, async (search, index) =>
+          index === 0 ? { status: "running", seq: 1, output: "Once" } : answer,
+        );
+        await page.getByLabel("Prompt", { exact: true }).fill("tell me a story");
+        const { id, item } = await submit(page);
+        await statusIs(page, id, "cancelled");
+        assert.equal(await item.locator('[data-field="usage"]').innerText(), shown);
+      }
+      assert.deepEqual(await problems(), []);
+    });
   });
 
   describe("forms, layout and messages on the local stack", IN_TURN, () => {
@@ -680,6 +744,7 @@ describe("the web UI", { concurrency: true }, () => {
       const error = item.locator('[data-field="error"]');
       assert.match(await error.innerText(), /^Failed: The request was refused/);
       assert.equal(await item.locator('[data-field="output-box"]').isHidden(), true);
+      assert.equal(await item.locator('[data-field="usage"]').innerText(), "", "no use or cost");
       await page.screenshot({ path: path.join(screenshots, "job-failed.png"), fullPage: true });
       assert.deepEqual(await problems(), []);
     });
@@ -793,17 +858,24 @@ describe("the web UI", { concurrency: true }, () => {
       assert.deepEqual(await problems(), []);
     });
 
-    test("Stop cancels a running job, which then shows no output", async () => {
+    test("Stop cancels a running job, which then shows no output, cost or reservation", async () => {
       const { page, problems } = await openPage(stack.url);
       await signIn(page, DEMO);
-      await page.getByLabel("Prompt", { exact: true }).fill("take your time");
+      const prompt = "take your time";
+      await page.getByLabel("Prompt", { exact: true }).fill(prompt);
       const { id, item } = await submit(page);
+      // Read again after the submission: the job holds its worst case while it runs.
+      const { reserved } = usageLine(page, "day");
+      await textIs(reserved, `(+${worstCase(prompt, 512)} tokens reserved by running jobs)`);
       const stop = item.getByRole("button", { name: "Stop" });
       await stop.waitFor(WAIT);
       await stop.click();
       await statusIs(page, id, "cancelled");
       assert.equal(await stop.isHidden(), true, "no Stop button on a finished job");
       assert.equal(await item.locator('[data-field="output-box"]').isHidden(), true);
+      assert.equal(await item.locator('[data-field="usage"]').innerText(), "");
+      // Read again after the stop: nothing is held any more.
+      await textIs(reserved, "");
       // The model's late answer changes nothing: the job stays cancelled.
       await page.waitForTimeout(6000);
       await page.reload();
@@ -893,6 +965,132 @@ describe("the web UI", { concurrency: true }, () => {
         [id, kept],
         WAIT,
       );
+      assert.deepEqual(await problems(), []);
+    });
+  });
+
+  describe("web UI with a daily token budget that fits one job", IN_TURN, () => {
+    const first = "The first job fits in today's budget.";
+    // The form's default max_tokens (asserted below): the budget is exactly one job's worst case.
+    const budget = worstCase(first, 512);
+    let stack;
+    before(async () => {
+      stack = await startStack([], { env: { BUDGET_TOKENS_PER_DAY: String(budget), BUDGET_USD_PER_MONTH: "5" } });
+    });
+    after(async () => {
+      await stack?.stop();
+    });
+
+    test("the usage panel counts a job against the budget; the next is refused in the service's words", async () => {
+      const { page, problems } = await openPage(stack.url);
+      const reads = countUsageReads(page);
+      await signIn(page, DEMO);
+      assert.equal(await page.getByLabel("Max tokens").inputValue(), "512", "the budget assumes the form's default");
+      const day = usageLine(page, "day");
+      const month = usageLine(page, "month");
+      await textIs(day.used, `0 of ${budget} tokens today`);
+      assert.equal(await month.used.innerText(), "$0 of $5.00 this month");
+      assert.equal(await day.meter.getAttribute("aria-label"), "Tokens today");
+      assert.equal(await day.meter.getAttribute("aria-valuemin"), "0");
+      assert.equal(await day.meter.getAttribute("aria-valuemax"), String(budget));
+      assert.equal(await day.meter.getAttribute("aria-valuenow"), "0");
+      assert.equal(await month.meter.getAttribute("aria-valuemax"), "5");
+      const resets = "resets in (\\d+ h|\\d+ min|less than a minute)";
+      assert.match(await day.note.innerText(), new RegExp(`^${budget} tokens left · ${resets}$`));
+      assert.match(await month.note.innerText(), /^\$5\.00 left · resets in \d+ (days|h|min)$/);
+      assert.equal(await day.reserved.innerText(), "");
+
+      const { item } = await submitAndWait(page, first);
+      assert.equal(await item.getAttribute("data-status"), "succeeded");
+      const used = await jobUsage(item);
+      // Read again once the job ended: what it used counts, its reservation is gone.
+      await textIs(day.used, `${used.tokens} of ${budget} tokens today`);
+      await textIs(month.used, `${used.cost} of $5.00 this month`);
+      assert.equal(await day.reserved.innerText(), "");
+      assert.equal(await day.meter.getAttribute("aria-valuenow"), String(used.tokens));
+      assert.equal(
+        await day.meter.getAttribute("aria-valuetext"),
+        `${used.tokens} used of ${budget} tokens; ${budget - used.tokens} tokens left`,
+      );
+      assert.match(await day.note.innerText(), new RegExp(`^${budget - used.tokens} tokens left · ${resets}$`));
+      const fill = await day.meter.locator(".meter-used").evaluate((bar) => bar.getBoundingClientRect().width / bar.parentElement.getBoundingClientRect().width);
+      assert.ok(fill > 0 && fill < 0.5, `the meter is filled ${fill}`);
+
+      // A second job of the same size no longer fits.
+      const jobs = page.locator("li.job");
+      const listed = await jobs.count();
+      const readsBefore = reads.length;
+      const second = "A second, same-size job goes over it.";
+      assert.equal(worstCase(second, 512), budget);
+      const promptBox = page.getByLabel("Prompt", { exact: true });
+      await promptBox.fill(second);
+      const answer = page.waitForResponse((r) => r.url().endsWith("/generate"));
+      await page.getByRole("button", { name: "Submit" }).click();
+      const response = await answer;
+      assert.equal(response.status(), 429);
+      assert.ok(Number(response.headers()["retry-after"]) > 0, "Retry-After: seconds to midnight UTC");
+      const { error } = await response.json();
+      assert.equal(error.code, "budget_exceeded");
+      assert.match(error.message, new RegExp(`more than is left of your daily budget of ${budget} tokens`));
+      const refusal = page.getByRole("alert").filter({ hasText: "daily budget" });
+      await refusal.waitFor(WAIT);
+      assert.equal(await refusal.innerText(), error.message, "the service's own sentence");
+      assert.equal(await page.locator("#notice").isHidden(), true, "not a generic error");
+      const [button, message] = [await page.getByRole("button", { name: "Submit" }).boundingBox(), await refusal.boundingBox()];
+      assert.ok(message.y >= button.y + button.height && message.y - (button.y + button.height) < 40, "next to Submit");
+      assert.equal(await promptBox.inputValue(), second, "the prompt is kept");
+      await page.waitForTimeout(300);
+      assert.equal(await jobs.count(), listed, "no job was added");
+      // The panel was read again after the refusal, and only a few times in all.
+      for (let tries = 0; reads.length === readsBefore && tries < 50; tries += 1) await page.waitForTimeout(100);
+      assert.ok(reads.length > readsBefore, "usage read again after the refusal");
+      assert.ok(reads.length <= 5, `${reads.length} reads of /usage`);
+      await textIs(day.used, `${used.tokens} of ${budget} tokens today`);
+
+      // Dark mode: the meter stands out from its track, the text is light.
+      await page.emulateMedia({ colorScheme: "dark" });
+      const colours = await day.meter.evaluate((meter) => ({
+        track: getComputedStyle(meter).backgroundColor,
+        fill: getComputedStyle(meter.querySelector(".meter-used")).backgroundColor,
+        text: getComputedStyle(meter.closest("section")).color,
+      }));
+      assert.notEqual(colours.fill, colours.track, JSON.stringify(colours));
+      assert.ok(colours.text.match(/\d+/g).slice(0, 3).every((n) => Number(n) > 180), colours.text);
+      await page.screenshot({ path: path.join(screenshots, "budget-exceeded.png"), fullPage: true });
+      assert.deepEqual(await problems(), []);
+    });
+  });
+
+  describe("web UI without budgets", IN_TURN, () => {
+    let stack;
+    before(async () => {
+      stack = await startStack([], { env: { BUDGET_TOKENS_PER_DAY: undefined, BUDGET_USD_PER_MONTH: undefined } });
+    });
+    after(async () => {
+      await stack?.stop();
+    });
+
+    test("the usage panel shows use without a limit, and a finished job's tokens in it", async () => {
+      const { page, problems } = await openPage(stack.url);
+      const reads = countUsageReads(page);
+      await signIn(page, DEMO);
+      const day = usageLine(page, "day");
+      const month = usageLine(page, "month");
+      await textIs(day.used, "0 tokens today");
+      assert.equal(await month.used.innerText(), "$0 this month");
+      assert.equal(await page.getByRole("meter").count(), 0, "no meter without a budget");
+      assert.equal(await day.note.isHidden(), true);
+      assert.equal(await month.note.isHidden(), true);
+
+      const { item } = await submitAndWait(page, "How many tokens is this?");
+      assert.equal(await item.getAttribute("data-status"), "succeeded");
+      const used = await jobUsage(item);
+      await textIs(day.used, `${used.tokens} tokens today`);
+      await textIs(month.used, `${used.cost} this month`);
+      assert.equal(await day.reserved.innerText(), "");
+      // Read on sign-in, after the submission and when the job ended; not on a timer.
+      await page.waitForTimeout(1500);
+      assert.ok(reads.length >= 2 && reads.length <= 4, `${reads.length} reads of /usage`);
       assert.deepEqual(await problems(), []);
     });
   });

@@ -120,8 +120,6 @@ EXPECTED_PERMISSIONS = {
         ("logs:CreateLogStream", "StatusLogGroup"),
         ("logs:PutLogEvents", "StatusLogGroup"),
         ("dynamodb:GetItem", "JobsTable"),
-        # GET /usage: the caller's usage items (and budget override) in one read.
-        ("dynamodb:BatchGetItem", "JobsTable"),
         ("dynamodb:Query", "JobsTable/index/owner-created_at-index"),
         ("dynamodb:UpdateItem", "JobsTable"),
     },
@@ -620,7 +618,8 @@ NAMESPACE = {"Fn::Sub": "BedrockJobs/${AWS::StackName}"}
 # None for a metric the dashboard and alarms read without a dimension.
 METRICS = {
     "Submissions": ("Outcome", ["accepted", "repeated", "invalid_request", "rate_limited",
-                                "budget_exceeded", "unavailable"]),
+                                "budget_exceeded", "unavailable", "invalid_json",
+                                "unsupported_model", "prompt_too_long", "internal"]),
     "BudgetRefusals": ("Period", ["day", "month"]),
     "JobsFinished": ("Outcome", ["succeeded", "failed", "cancelled"]),
     "JobsFailed": ("ErrorCode", ["enqueue_failed", "model_unavailable", "model_error", "worker_error"]),
@@ -694,9 +693,8 @@ def test_reservations_and_their_settlement_are_allowed_in_one_transaction_and_no
     for role in ("WorkerRole", "StatusRole", "RecoveryRole"):
         assert {"dynamodb:UpdateItem", "dynamodb:GetItem"} <= table_actions(role), role
         assert "dynamodb:PutItem" not in table_actions(role), role
-    # Only the status function reads usage in batches (GET /usage).
-    assert "dynamodb:BatchGetItem" in table_actions("StatusRole")
-    for role in ("GenerateRole", "WorkerRole", "RecoveryRole"):
+    # GET /usage reads each ledger item on its own (a batch may leave keys unread).
+    for role in ("GenerateRole", "WorkerRole", "StatusRole", "RecoveryRole"):
         assert "dynamodb:BatchGetItem" not in table_actions(role), role
     for name, role in of_type(resources, "AWS::IAM::Role").items():
         for action, _ in grants(name, role):

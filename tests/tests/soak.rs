@@ -25,7 +25,8 @@ use futures::StreamExt;
 use integration_tests::*;
 use pipeline::adapters::{DynamoJobStore, S3ArtifactStore, SqsJobQueue};
 use pipeline::domain::{
-    GenerateRequest, Job, JobId, JobStatus, Owner, Period, PeriodKind, Usage, parse_timestamp,
+    GenerateRequest, Job, JobId, JobStatus, Owner, Period, PeriodKind, Transition, Usage,
+    parse_timestamp,
 };
 use pipeline::ports::{
     JobStore, ModelError, ModelReply, ModelRequest, Progress, TextModel, UsageLedger,
@@ -394,9 +395,20 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
     for (id, _, _) in &submitted {
         let job = stack.store().get(*id).await.unwrap().unwrap();
         if let Some(reserved) = job.reservation {
+            // A failure's charge depends on what the job had done (calls, text), which it keeps.
             let tokens = match (&job.completion, &job.failure) {
                 (Some(done), _) => done.usage.input_tokens + done.usage.output_tokens,
-                (_, Some(failure)) if failure.code == "worker_error" => reserved.tokens,
+                (_, Some(failure)) => {
+                    let fail = Transition::Fail {
+                        lease: None,
+                        failure: failure.clone(),
+                    };
+                    let charged = job.settlement(&fail).unwrap().charged.tokens;
+                    let unknown = job.attempts > 0
+                        && (failure.code == "worker_error" || job.partial_output.is_some());
+                    assert_eq!(charged, if unknown { reserved.tokens } else { 0 });
+                    charged
+                }
                 _ => 0,
             };
             let day = Period::containing(PeriodKind::Day, job.created_at).name;

@@ -74,7 +74,7 @@ impl Settings {
         let limits = env.limits()?;
         let prices = env.prices()?;
         Ok(Self {
-            budget: env.budget(&limits, &prices)?,
+            budget: env.priced_budget(&limits, &prices)?,
             prices: Arc::new(prices),
             limits,
             job_ttl: Duration::days(env.positive("JOB_TTL_DAYS", 30)?),
@@ -107,14 +107,18 @@ where
     http::finish(routes, &http, sessions)
 }
 
-/// Every submission counted by its outcome: `accepted`, `repeated`, or the error's code.
+/// Every submission counted by its outcome: `accepted`, `repeated`, or the error's code
+/// (those of a missing identity or an unreadable body too).
 async fn generate<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue>(
     api: State<Arc<GenerateApi<S, Q>>>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     headers: HeaderMap,
-    body: TextBody,
+    body: Result<TextBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let answer = submission(api, caller, headers, body).await;
+    let answer = match (caller, body) {
+        (Ok(caller), Ok(body)) => submission(api, caller, headers, body).await,
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    };
     metrics::submission(match &answer {
         Ok((outcome, _)) => outcome,
         Err(error) => error.code.as_str(),

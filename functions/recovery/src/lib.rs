@@ -163,7 +163,13 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
             match self.store.get(job_id).await {
                 Ok(job) => {
                     warn!("the job's message was dead-lettered");
-                    metrics::recovery("dead_lettered");
+                    // Counted where it is repaired: a job free to be failed for it.
+                    if job
+                        .as_ref()
+                        .is_some_and(|job| job.standing(now) == Standing::Free)
+                    {
+                        metrics::recovery("dead_lettered");
+                    }
                     deliveries
                         .settle_unstarted(message, job, now, Job::dead_lettered)
                         .await

@@ -54,7 +54,7 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             http: HttpSettings::from_env(env)?,
-            budget: env.budget(&env.limits()?, &env.prices()?)?,
+            budget: env.budget()?,
         })
     }
 }

@@ -15,8 +15,8 @@ use lambda_runtime::LambdaEvent;
 use pipeline::config::{ConfigError, Env};
 use pipeline::delivery::{self, Deliveries, Outcome};
 use pipeline::domain::{
-    Artifact, ArtifactResponse, Completion, FailureCode, Job, JobFailure, JobId, Lease, LeaseId,
-    NanoUsd, PriceTable, TokenCounts, Transition, Transitioned,
+    Artifact, ArtifactResponse, CallUsage, Completion, FailureCode, Job, JobFailure, JobId,
+    JobStatus, Lease, LeaseId, NanoUsd, PriceTable, TokenCounts, Transition, Transitioned, Usage,
 };
 use pipeline::metrics;
 use pipeline::ports::{
@@ -347,6 +347,9 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                 self.deliveries().tidy(&succeeded).await
             }
             Ok(Transitioned::Refused(Some(finished))) if finished.status.is_terminal() => {
+                if finished.status == JobStatus::Cancelled {
+                    self.record_usage(&finished, reply.usage, cost).await;
+                }
                 // Its leftovers include this attempt's artifact.
                 self.deliveries().lost(Some(finished)).await
             }
@@ -360,6 +363,23 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
             Err(cause) => {
                 warn!(%cause, "could not record the success; the job will be retried");
                 Outcome::Retry
+            }
+        }
+    }
+
+    /// The owner stopped the job while its call was ending: it is charged what the call used
+    /// rather than its worst case. Best effort: if this fails, the worst case stands.
+    async fn record_usage(&self, job: &Job, usage: Usage, cost: Option<NanoUsd>) {
+        let record = Transition::RecordUsage {
+            used: CallUsage { usage, cost },
+        };
+        match self.store.transition(job.id, &record, Utc::now()).await {
+            Ok(Transitioned::Done(_)) => {
+                info!("the cancelled job's call ended; its use is recorded")
+            }
+            Ok(Transitioned::Refused(_)) => {}
+            Err(cause) => {
+                warn!(%cause, "could not record the cancelled job's use; its worst case stands")
             }
         }
     }

@@ -473,7 +473,8 @@ async fn every_state_and_model_result_is_decided_as_the_lifecycle_says() {
 }
 
 /// The owner cancels while the model works: whatever the model then says, the attempt's
-/// next write is refused, the job stays cancelled, and no artifact is left.
+/// next write is refused, the job stays cancelled, and no artifact is left; an answer's use is
+/// recorded on the cancelled job.
 #[tokio::test]
 async fn a_cancellation_during_the_model_call_stops_the_attempt_at_its_next_write() {
     for reply in [Reply::Answer, Reply::Retryable, Reply::Permanent] {
@@ -502,7 +503,18 @@ async fn a_cancellation_during_the_model_call_stops_the_attempt_at_its_next_writ
             "{reply:?}"
         );
         assert_eq!(after.attempts, 1, "{reply:?}");
-        assert_eq!(after.seq, job.seq + 2, "{reply:?}: start and cancel only");
+        let answered = reply == Reply::Answer;
+        assert_eq!(
+            after.seq,
+            job.seq + 2 + u64::from(answered),
+            "{reply:?}: start, cancel, and the use of a call that ended after all"
+        );
+        let reported = model_reply(ANSWER).usage;
+        assert_eq!(
+            after.recorded_usage.map(|used| used.usage),
+            answered.then_some(reported),
+            "{reply:?}: the cancelled job is charged what its call used"
+        );
         assert_eq!(world.model.calls(), 1, "{reply:?}");
         let puts = usize::from(reply == Reply::Answer);
         assert_eq!(

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
@@ -6,17 +7,17 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, CancellationReason, KeysAndAttributes, Put, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update as UpdateOp,
+    AttributeValue, CancellationReason, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update as UpdateOp,
 };
 use chrono::{DateTime, Utc};
 
 use super::describe;
 use crate::domain::{
-    Amount, Budget, BudgetOverride, Completion, GenerateRequest, Guard, IdempotencyKey, Job,
-    JobFailure, JobId, JobStatus, Lease, LeaseId, NanoUsd, OverBudget, Owner, Period, PeriodKind,
-    PeriodUsage, RateWindow, Settlement, Transition, Transitioned, Usage, format_timestamp,
-    parse_timestamp,
+    Amount, Budget, BudgetOverride, CallUsage, Completion, GenerateRequest, Guard, IdempotencyKey,
+    Job, JobFailure, JobId, JobStatus, Lease, LeaseId, NanoUsd, OverBudget, Owner, Period,
+    PeriodKind, PeriodUsage, RateWindow, Settlement, Transition, Transitioned, Usage,
+    format_timestamp, parse_timestamp,
 };
 use crate::ports::{
     Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable, UsageLedger,
@@ -59,9 +60,9 @@ impl DynamoJobStore {
     }
 }
 
-/// How often a transaction that collided with another on the same ledger is tried again
-/// (DynamoDB cancels one of two concurrent transactions on an item; the SDK does not retry it).
-const TRANSACTION_TRIES: u32 = 5;
+/// How often a transaction that collided with another on the same ledger is tried (DynamoDB
+/// cancels one of two concurrent transactions on an item; the SDK does not retry that).
+const TRANSACTION_TRIES: u32 = 8;
 
 impl DynamoJobStore {
     /// The job's put and its reservation's ledger updates, as one transaction.
@@ -102,8 +103,8 @@ impl DynamoJobStore {
                 expires_at: period.ledger_expires_at(),
                 jobs: 1,
                 settled_jobs: 0,
-                committed: (i128::from(worst_case.tokens), i128::from(worst_case.cost.0)),
-                charged: Amount::default(),
+                committed: worst_case.minus(&Amount::default()),
+                charged: (0, 0),
                 usage: Usage::default(),
             };
             items.push(ledger.update(&self.table, room.map(|room| (kind, room)))?);
@@ -117,7 +118,7 @@ impl DynamoJobStore {
                 }
                 let (period, limit, reason) = periods
                     .into_iter()
-                    .zip(&reasons[1..])
+                    .zip(reasons.iter().skip(1))
                     .find_map(|((period, limit), reason)| {
                         failed_condition(Some(reason)).then_some((period, limit?, reason))
                     })
@@ -137,9 +138,10 @@ impl DynamoJobStore {
         }
     }
 
-    /// Runs a transaction: `None` when it is applied, else why each item refused (a
-    /// conditional check, in the order of `items`). Collisions with concurrent transactions
-    /// are tried again.
+    /// Runs a transaction: `None` when it is applied, else why each item refused (in the
+    /// order of `items`) when a condition refused it. A collision with a concurrent
+    /// transaction on the same item is tried again, backing off; any other cancellation is
+    /// the store's failure, never a refusal.
     async fn transact(
         &self,
         items: Vec<TransactWriteItem>,
@@ -160,17 +162,16 @@ impl DynamoJobStore {
             if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
                 error.as_service_error()
             {
-                let reasons = cancelled.cancellation_reasons().to_vec();
-                let collided = reasons
-                    .iter()
-                    .any(|reason| reason.code() == Some("TransactionConflict"));
-                if !collided {
-                    return Ok(Some(reasons));
-                }
-                if tries < TRANSACTION_TRIES {
-                    let pause = 20 * u64::from(tries) + fastrand::u64(0..20);
-                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                let reasons = cancelled.cancellation_reasons();
+                let has = |code| reasons.iter().any(|reason| reason.code() == Some(code));
+                if has("TransactionConflict") && tries < TRANSACTION_TRIES {
+                    // 25 ms, doubling, at most 800 ms, with full jitter.
+                    let ceiling = 25u64 << tries.min(5);
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=ceiling))).await;
                     continue;
+                }
+                if has("ConditionalCheckFailed") && !has("TransactionConflict") {
+                    return Ok(Some(reasons.to_vec()));
                 }
             }
             return Err(Unavailable::new(
@@ -199,14 +200,15 @@ impl DynamoJobStore {
             .build()
             .map_err(|error| Unavailable::new("DynamoDB TransactWriteItems", error))?;
         let mut items = vec![TransactWriteItem::builder().update(job_update).build()];
+        let (committed, charged, settled_jobs) = settlement.changes();
         for key in &settlement.ledgers {
             let change = LedgerChange {
                 key: key.clone(),
                 expires_at: 0,
                 jobs: 0,
-                settled_jobs: 1,
-                committed: settlement.charged.minus(&settlement.reserved),
-                charged: settlement.charged,
+                settled_jobs,
+                committed,
+                charged,
                 usage: settlement.usage,
             };
             items.push(change.update(&self.table, None)?);
@@ -235,7 +237,8 @@ struct LedgerChange {
     settled_jobs: u64,
     /// Signed: a settlement gives back what its job reserved and did not use.
     committed: (i128, i128),
-    charged: Amount,
+    /// Signed: a correction takes back an earlier charge.
+    charged: (i128, i128),
     usage: Usage,
 }
 
@@ -252,8 +255,8 @@ impl LedgerChange {
             ("settled_jobs", i128::from(self.settled_jobs)),
             ("committed_tokens", self.committed.0),
             ("committed_nano_usd", self.committed.1),
-            ("charged_tokens", i128::from(self.charged.tokens)),
-            ("charged_nano_usd", i128::from(self.charged.cost.0)),
+            ("charged_tokens", self.charged.0),
+            ("charged_nano_usd", self.charged.1),
             ("input_tokens", i128::from(self.usage.input_tokens)),
             ("output_tokens", i128::from(self.usage.output_tokens)),
         ];
@@ -379,7 +382,7 @@ impl JobStore for DynamoJobStore {
         at: DateTime<Utc>,
     ) -> Result<Transitioned, Unavailable> {
         let update = Update::of(transition, at);
-        if transition.target().is_some_and(JobStatus::is_terminal) {
+        if transition.settles() {
             // What it reserved never changes after the insert, so reading it first is safe.
             let settlement = self
                 .get(id)
@@ -507,6 +510,14 @@ impl Update {
                 ("error_code", s(&failure.code)),
                 ("error_message", s(&failure.message)),
             ]),
+            Transition::RecordUsage { used } => {
+                sets.extend([
+                    ("input_tokens", n(used.usage.input_tokens)),
+                    ("output_tokens", n(used.usage.output_tokens)),
+                ]);
+                sets.extend(used.cost.map(|cost| ("cost_nano_usd", n(cost.0))));
+                removes.clear();
+            }
             Transition::Release { .. } | Transition::Cancel { .. } | Transition::Requeue { .. } => {
             }
         }
@@ -591,6 +602,11 @@ impl Update {
                 let expected = self.status_value(*expected);
                 format!("{status} = {expected}")
             }
+            Guard::CancelledUnrecorded => {
+                let cancelled = self.status_value(JobStatus::Cancelled);
+                let input_tokens = self.name("input_tokens");
+                format!("{status} = {cancelled} AND attribute_not_exists({input_tokens})")
+            }
             Guard::Stranded {
                 at,
                 unchanged_since,
@@ -635,7 +651,7 @@ impl UsageLedger for DynamoJobStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("job_id", s(budget_key(owner)))
+            .key("job_id", s(BudgetOverride::key(owner)))
             .send()
             .await
             .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
@@ -646,44 +662,28 @@ impl UsageLedger for DynamoJobStore {
             .unwrap_or_default())
     }
 
+    /// One consistent read per period, at once (a batch read may leave keys unread).
     async fn usage(
         &self,
         owner: &Owner,
         periods: &[Period],
     ) -> Result<Vec<PeriodUsage>, Unavailable> {
-        let keys = periods
-            .iter()
-            .map(|period| HashMap::from([("job_id".to_owned(), s(period.ledger_key(owner)))]))
-            .collect();
-        let request = KeysAndAttributes::builder()
-            .set_keys(Some(keys))
-            .consistent_read(true)
-            .build()
-            .map_err(|error| Unavailable::new("DynamoDB BatchGetItem", error))?;
-        let output = self
-            .client
-            .batch_get_item()
-            .request_items(&self.table, request)
-            .send()
-            .await
-            .map_err(|error| Unavailable::new("DynamoDB BatchGetItem", describe(&error)))?;
-        let items = output
-            .responses
-            .and_then(|mut tables| tables.remove(&self.table))
-            .unwrap_or_default();
-        Ok(periods
-            .iter()
-            .map(|period| {
-                let key = period.ledger_key(owner);
-                items
-                    .iter()
-                    .find(|item| Record(item).text("job_id") == Some(key.as_str()))
-                    .map_or_else(
-                        || PeriodUsage::empty(period.clone()),
-                        |item| item_to_usage(item, period.clone()),
-                    )
-            })
-            .collect())
+        let reads = periods.iter().map(|period| async move {
+            let output = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("job_id", s(period.ledger_key(owner)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
+            Ok(output.item.map_or_else(
+                || PeriodUsage::empty(period.clone()),
+                |item| item_to_usage(&item, period.clone()),
+            ))
+        });
+        futures::future::try_join_all(reads).await
     }
 }
 
@@ -845,6 +845,16 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         idempotency_key: record
             .text("idempotency_key")
             .and_then(|key| IdempotencyKey::parse(key).ok()),
+        recorded_usage: match (status, number("input_tokens")?) {
+            (JobStatus::Cancelled, Some(input_tokens)) => Some(CallUsage {
+                usage: Usage {
+                    input_tokens,
+                    output_tokens: number("output_tokens")?.unwrap_or(0),
+                },
+                cost: number("cost_nano_usd")?.map(NanoUsd),
+            }),
+            _ => None,
+        },
         reservation: match (number("reserved_tokens")?, number("reserved_nano_usd")?) {
             (Some(tokens), Some(cost)) => Some(Amount {
                 tokens,
@@ -909,11 +919,6 @@ fn item_to_override(item: &Item) -> BudgetOverride {
         })
         .map(|limit| limit.map(NanoUsd)),
     }
-}
-
-/// The key of the operator's limits for `owner`.
-pub fn budget_key(owner: &Owner) -> String {
-    format!("budget#{}", owner.as_str())
 }
 
 /// Typed reads of one item's attributes.
@@ -1011,6 +1016,12 @@ mod tests {
             Transition::Requeue {
                 unchanged_since: at,
                 max_attempts: 3,
+            },
+            Transition::RecordUsage {
+                used: CallUsage {
+                    usage: Usage::default(),
+                    cost: Some(NanoUsd(1)),
+                },
             },
         ];
         for transition in transitions {

@@ -10,7 +10,9 @@
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 
-use super::{FailureCode, GenerateRequest, NanoUsd, Owner, Price, TokenCounts, Transition, Usage};
+use super::{
+    FailureCode, GenerateRequest, Job, NanoUsd, Owner, Price, TokenCounts, Transition, Usage,
+};
 
 /// Tokens a model may add around the prompt (chat template, role markers): part of a job's
 /// worst case.
@@ -32,6 +34,14 @@ pub struct Budget {
 pub struct BudgetOverride {
     pub tokens_per_day: Option<Option<u64>>,
     pub usd_per_month: Option<Option<NanoUsd>>,
+}
+
+impl BudgetOverride {
+    /// The key of the operator's item for `owner` in the jobs table. Never a UUID, so it is
+    /// never mistaken for a job.
+    pub fn key(owner: &Owner) -> String {
+        format!("budget#{}", owner.as_str())
+    }
 }
 
 impl Budget {
@@ -175,41 +185,51 @@ impl Amount {
     }
 }
 
-/// What a job that ends this way counts against its owner's budgets, given what it reserved.
+/// What `job` counts against its owner's budgets when `transition` ends it (or corrects its
+/// charge), given what it reserved.
 ///
 /// A succeeded job counts what the model reported. A job that never reached the model (still
-/// queued, not enqueued) or that the model refused or kept throttling counts nothing. A job
-/// whose use is unknown (stopped while running, or failed because its worker did not finish)
-/// counts its whole reservation: the only figure that can never be less than the bill.
-pub fn charge(transition: &Transition, reserved: &Amount) -> Option<(Amount, Usage)> {
+/// queued, not enqueued, no model call started), or whose model refused or kept throttling its
+/// calls before any text, counts nothing. A job whose use is unknown counts its whole
+/// reservation, the only figure that can never be less than the bill: stopped while running,
+/// failed because its worker did not finish, or failed after its model wrote text.
+pub(super) fn charge(
+    transition: &Transition,
+    job: &Job,
+    reserved: &Amount,
+) -> Option<(Amount, Usage)> {
+    let used = |usage: Usage, cost: Option<NanoUsd>| {
+        let tokens = usage.input_tokens + usage.output_tokens;
+        let cost = cost.unwrap_or_default();
+        Some((Amount { tokens, cost }, usage))
+    };
+    let worst_case_if = |unknown: bool| {
+        let amount = if unknown {
+            *reserved
+        } else {
+            Amount::default()
+        };
+        Some((amount, Usage::default()))
+    };
     match transition {
-        Transition::Succeed { completion, .. } => {
-            let usage = completion.usage;
-            let amount = Amount {
-                tokens: usage.input_tokens + usage.output_tokens,
-                cost: completion.cost.unwrap_or_default(),
-            };
-            Some((amount, usage))
-        }
+        Transition::Succeed { completion, .. } => used(completion.usage, completion.cost),
+        // A stopped job's call that ended after all: charged what it used instead.
+        Transition::RecordUsage { used: call } => used(call.usage, call.cost),
         Transition::Fail { failure, .. } => {
-            let unknown = failure.code == FailureCode::WorkerError.as_str();
-            Some((
-                if unknown {
-                    *reserved
-                } else {
-                    Amount::default()
-                },
-                Usage::default(),
-            ))
+            let model_refused = [
+                FailureCode::EnqueueFailed,
+                FailureCode::ModelError,
+                FailureCode::ModelUnavailable,
+            ]
+            .iter()
+            .any(|code| failure.code == code.as_str());
+            let wrote = job
+                .partial_output
+                .as_ref()
+                .is_some_and(|text| !text.is_empty());
+            worst_case_if(job.attempts > 0 && (!model_refused || wrote))
         }
-        Transition::Cancel { running } => Some((
-            if *running {
-                *reserved
-            } else {
-                Amount::default()
-            },
-            Usage::default(),
-        )),
+        Transition::Cancel { running } => worst_case_if(*running),
         Transition::Start { .. }
         | Transition::Flush { .. }
         | Transition::Release { .. }
@@ -227,6 +247,23 @@ pub struct Settlement {
     pub charged: Amount,
     /// What the model reported (zero where it is unknown).
     pub usage: Usage,
+    /// A stopped job's recorded use replacing the worst case its stop charged: the job was
+    /// settled already, and its earlier charge (its reservation) is taken back.
+    pub correcting: bool,
+}
+
+impl Settlement {
+    /// The signed changes of a ledger's counters: committed (tokens, nano-dollars), charged
+    /// (the same), settled jobs.
+    pub fn changes(&self) -> ((i128, i128), (i128, i128), u64) {
+        let committed = self.charged.minus(&self.reserved);
+        if self.correcting {
+            (committed, committed, 0)
+        } else {
+            let charged = self.charged.minus(&Amount::default());
+            (committed, charged, 1)
+        }
+    }
 }
 
 /// What one user has used in one period, from its ledger item.
@@ -279,21 +316,21 @@ impl PeriodUsage {
         Ok(())
     }
 
-    /// Replaces a job's reservation by its charge.
+    /// Replaces a job's reservation (or, correcting, its earlier charge) by its charge.
     pub fn settle(&mut self, settlement: &Settlement) {
-        let add = |total: u64, change: i128| {
-            u64::try_from((i128::from(total) + change).max(0)).unwrap_or(u64::MAX)
+        let add = |total: Amount, (tokens, cost): (i128, i128)| {
+            let add = |total: u64, change: i128| {
+                u64::try_from((i128::from(total) + change).max(0)).unwrap_or(u64::MAX)
+            };
+            Amount {
+                tokens: add(total.tokens, tokens),
+                cost: NanoUsd(add(total.cost.0, cost)),
+            }
         };
-        let (tokens, cost) = settlement.charged.minus(&settlement.reserved);
-        self.committed = Amount {
-            tokens: add(self.committed.tokens, tokens),
-            cost: NanoUsd(add(self.committed.cost.0, cost)),
-        };
-        self.settled_jobs += 1;
-        self.charged = Amount {
-            tokens: self.charged.tokens + settlement.charged.tokens,
-            cost: self.charged.cost.saturating_add(settlement.charged.cost),
-        };
+        let (committed, charged, settled) = settlement.changes();
+        self.committed = add(self.committed, committed);
+        self.charged = add(self.charged, charged);
+        self.settled_jobs += settled;
         self.usage.input_tokens += settlement.usage.input_tokens;
         self.usage.output_tokens += settlement.usage.output_tokens;
     }
@@ -349,6 +386,12 @@ impl OverBudget {
         };
         let needed = amount(self.needed);
         let limit = amount(self.limit);
+        if self.limit == 0 {
+            return format!(
+                "Your {budget} budget is {limit}: you cannot submit jobs; ask the operator to \
+                 raise it."
+            );
+        }
         if self.needed > self.limit {
             return format!(
                 "This job could use up to {needed}, more than your whole {budget} budget of \
@@ -370,7 +413,7 @@ impl OverBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Completion, JobFailure, LeaseId, parse_timestamp};
+    use crate::domain::{Completion, Job, JobFailure, LeaseId, parse_timestamp};
 
     fn at(text: &str) -> DateTime<Utc> {
         parse_timestamp(text).unwrap()
@@ -448,11 +491,31 @@ mod tests {
             lease: None,
             failure: JobFailure::new(code, "no"),
         };
-        let nothing = Amount::default();
+        let job = |attempts, text: Option<&str>| {
+            let request = GenerateRequest::new("p", "m", 10);
+            let mut job = Job::queued(
+                Owner::new("o"),
+                request,
+                None,
+                at("2026-11-23T00:00:00Z"),
+                Duration::days(1),
+            );
+            job.attempts = attempts;
+            job.partial_output = text.map(str::to_owned);
+            job
+        };
+        let (started, wrote, never_started) =
+            (job(1, None), job(2, Some("half an ans")), job(0, None));
+        let nothing = (Amount::default(), Usage::default());
+        let worst = (reserved, Usage::default());
+        let recorded = Transition::RecordUsage {
+            used: crate::domain::CallUsage { usage, cost: None },
+        };
         let cases = [
             (
                 "succeeded",
-                succeed,
+                &succeed,
+                &started,
                 (
                     Amount {
                         tokens: 42,
@@ -463,45 +526,73 @@ mod tests {
             ),
             (
                 "stopped while queued",
-                Transition::Cancel { running: false },
-                (nothing, Usage::default()),
+                &Transition::Cancel { running: false },
+                &never_started,
+                nothing,
             ),
             (
                 "stopped while running",
-                Transition::Cancel { running: true },
-                (reserved, Usage::default()),
+                &Transition::Cancel { running: true },
+                &started,
+                worst,
+            ),
+            (
+                "a stopped call's use",
+                &recorded,
+                &started,
+                (
+                    Amount {
+                        tokens: 42,
+                        cost: NanoUsd(0),
+                    },
+                    usage,
+                ),
             ),
             (
                 "never enqueued",
-                fail(FailureCode::EnqueueFailed),
-                (nothing, Usage::default()),
+                &fail(FailureCode::EnqueueFailed),
+                &never_started,
+                nothing,
             ),
             (
                 "model refused",
-                fail(FailureCode::ModelError),
-                (nothing, Usage::default()),
+                &fail(FailureCode::ModelError),
+                &started,
+                nothing,
             ),
             (
                 "model throttled",
-                fail(FailureCode::ModelUnavailable),
-                (nothing, Usage::default()),
+                &fail(FailureCode::ModelUnavailable),
+                &started,
+                nothing,
+            ),
+            (
+                "model failed after writing",
+                &fail(FailureCode::ModelUnavailable),
+                &wrote,
+                worst,
             ),
             (
                 "worker died",
-                fail(FailureCode::WorkerError),
-                (reserved, Usage::default()),
+                &fail(FailureCode::WorkerError),
+                &started,
+                worst,
+            ),
+            (
+                "dead-lettered before any call",
+                &fail(FailureCode::WorkerError),
+                &never_started,
+                nothing,
             ),
         ];
-        for (name, transition, expected) in cases {
-            assert_eq!(charge(&transition, &reserved), Some(expected), "{name}");
+        for (name, transition, job, expected) in cases {
+            assert_eq!(charge(transition, job, &reserved), Some(expected), "{name}");
         }
+        let release = Transition::Release {
+            lease: LeaseId::random(),
+        };
         assert_eq!(
-            charge(
-                &Transition::Release {
-                    lease: LeaseId::random()
-                },
-                &reserved
-            ),
+            charge(&release, &started, &reserved),
             None,
             "only an ending is charged"
         );
@@ -597,6 +688,7 @@ mod tests {
                 cost: NanoUsd(7),
             },
             usage: used,
+            correcting: false,
         });
         assert_eq!(
             ledger.committed,
@@ -608,6 +700,37 @@ mod tests {
         );
         assert_eq!((ledger.settled_jobs, ledger.usage), (1, used));
         assert_eq!(ledger.reserved().tokens, 900);
+    }
+
+    #[test]
+    fn a_stopped_jobs_recorded_use_replaces_the_worst_case_it_was_charged() {
+        let period = Period::containing(PeriodKind::Day, at("2026-11-23T10:00:00.000Z"));
+        let mut ledger = PeriodUsage::empty(period);
+        let worst = Amount {
+            tokens: 300,
+            cost: NanoUsd(50),
+        };
+        ledger.reserve(&worst, None).unwrap();
+        let settle = |charged, usage, correcting| Settlement {
+            ledgers: [String::new(), String::new()],
+            reserved: worst,
+            charged,
+            usage,
+            correcting,
+        };
+        ledger.settle(&settle(worst, Usage::default(), false)); // stopped while running
+        let used = Usage {
+            input_tokens: 10,
+            output_tokens: 20,
+        };
+        let real = Amount {
+            tokens: 30,
+            cost: NanoUsd(4),
+        };
+        ledger.settle(&settle(real, used, true));
+        assert_eq!((ledger.committed, ledger.charged), (real, real));
+        assert_eq!((ledger.jobs, ledger.settled_jobs), (1, 1), "settled once");
+        assert_eq!(ledger.usage, used);
     }
 
     #[test]

@@ -270,6 +270,17 @@ pub enum Transition {
         unchanged_since: DateTime<Utc>,
         max_attempts: u32,
     },
+    /// An attempt whose model call ended after the owner stopped the job records what the
+    /// call used: the job stays `cancelled`, and is charged that instead of its worst case.
+    /// Once: a job whose use is recorded refuses it.
+    RecordUsage { used: CallUsage },
+}
+
+/// What one model call used, and cost at its model's price (`None`: the model has no price).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallUsage {
+    pub usage: Usage,
+    pub cost: Option<NanoUsd>,
 }
 
 /// When a transition may be applied to a job as it is.
@@ -283,6 +294,8 @@ pub enum Guard {
     Holds(LeaseId),
     /// The job has this status, whatever its lease.
     Is(JobStatus),
+    /// The job was cancelled, and no use of a model call is recorded for it.
+    CancelledUnrecorded,
     /// Startable at this time, and unchanged since the second time.
     Stranded {
         at: DateTime<Utc>,
@@ -307,6 +320,9 @@ impl Guard {
                     && job.lease.as_ref().is_some_and(|lease| lease.id == *id)
             }
             Self::Is(status) => job.status == *status,
+            Self::CancelledUnrecorded => {
+                job.status == JobStatus::Cancelled && job.recorded_usage.is_none()
+            }
             Self::Stranded {
                 at,
                 unchanged_since,
@@ -336,8 +352,14 @@ impl Transition {
             Self::Succeed { .. } => Some(JobStatus::Succeeded),
             Self::Fail { .. } => Some(JobStatus::Failed),
             Self::Cancel { .. } => Some(JobStatus::Cancelled),
-            Self::Requeue { .. } => None,
+            Self::Requeue { .. } | Self::RecordUsage { .. } => None,
         }
+    }
+
+    /// Whether it settles a job's budget: it ends the job, or corrects a stopped job's charge.
+    pub fn settles(&self) -> bool {
+        self.target().is_some_and(JobStatus::is_terminal)
+            || matches!(self, Self::RecordUsage { .. })
     }
 
     /// When the transition may be applied, `at` the time it is applied.
@@ -353,6 +375,7 @@ impl Transition {
             } => Guard::Holds(lease.clone()),
             Self::Cancel { running: true } => Guard::Is(JobStatus::Running),
             Self::Cancel { running: false } => Guard::Is(JobStatus::Queued),
+            Self::RecordUsage { .. } => Guard::CancelledUnrecorded,
             Self::Requeue {
                 unchanged_since,
                 max_attempts,
@@ -401,6 +424,8 @@ pub struct Job {
     /// The worst case reserved against its owner's budgets when it was submitted (`None`: a
     /// job recorded before budgets existed, which no ledger counts).
     pub reservation: Option<Amount>,
+    /// What the model call of a cancelled job used, when the call ended after the stop.
+    pub recorded_usage: Option<CallUsage>,
 }
 
 impl Job {
@@ -433,6 +458,7 @@ impl Job {
             failure: None,
             idempotency_key,
             reservation: None,
+            recorded_usage: None,
         }
     }
 
@@ -454,12 +480,13 @@ impl Job {
     /// What `transition` settles, if it ends the job and the job reserved anything.
     pub fn settlement(&self, transition: &Transition) -> Option<Settlement> {
         let reserved = self.reservation?;
-        let (charged, usage) = charge(transition, &reserved)?;
+        let (charged, usage) = charge(transition, self, &reserved)?;
         Some(Settlement {
             ledgers: self.ledgers(),
             reserved,
             charged,
             usage,
+            correcting: matches!(transition, Transition::RecordUsage { .. }),
         })
     }
 
@@ -502,7 +529,7 @@ impl Job {
         if !matches!(transition, Transition::Flush { .. }) {
             next.lease = None;
         }
-        if next.status.is_terminal() {
+        if next.status.is_terminal() && !self.status.is_terminal() {
             next.completed_at = Some(at);
         }
         match transition {
@@ -517,6 +544,7 @@ impl Job {
                 next.partial_output = None;
             }
             Transition::Fail { failure, .. } => next.failure = Some(failure.clone()),
+            Transition::RecordUsage { used } => next.recorded_usage = Some(*used),
             Transition::Release { .. } | Transition::Cancel { .. } | Transition::Requeue { .. } => {
             }
         }
@@ -666,7 +694,7 @@ mod tests {
             output: "so far".into(),
         };
         #[rustfmt::skip]
-        let cases: [(&str, Transition, [bool; 7]); 15] = [
+        let cases: [(&str, Transition, [bool; 7]); 16] = [
             //                                             queued live  expired released succ   failed cancelled
             (
                 "start B",
@@ -751,6 +779,16 @@ mod tests {
                 [false; 7],
             ),
             ("requeue after the last call", requeue(50, 1), [false; 7]),
+            (
+                "record a stopped call's use",
+                Transition::RecordUsage {
+                    used: CallUsage {
+                        usage: Usage::default(),
+                        cost: None,
+                    },
+                },
+                [false, false, false, false, false, false, true],
+            ),
         ];
         for (name, transition, admitted) in cases {
             for ((state, job), admitted) in jobs.iter().zip(admitted) {
@@ -761,7 +799,11 @@ mod tests {
                 assert_eq!(next.status, status, "{name} on {state}");
                 assert_eq!(next.seq, job.seq + 1, "every change grows seq");
                 assert_eq!(next.updated_at, now);
-                assert_eq!(next.completed_at.is_some(), next.status.is_terminal());
+                if job.status.is_terminal() {
+                    assert_eq!(next.completed_at, job.completed_at, "{name}: ended before");
+                } else {
+                    assert_eq!(next.completed_at.is_some(), next.status.is_terminal());
+                }
                 match &transition {
                     Transition::Start { lease, .. } => {
                         assert_eq!(next.lease.as_ref(), Some(lease));

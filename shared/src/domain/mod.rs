@@ -13,12 +13,12 @@ mod time;
 pub use artifact::{Artifact, ArtifactRequest, ArtifactResponse};
 pub use budget::{
     Amount, Budget, BudgetOverride, OverBudget, PROMPT_OVERHEAD_TOKENS, Period, PeriodKind,
-    PeriodUsage, Settlement, charge,
+    PeriodUsage, Settlement,
 };
 pub use error::{ErrorCode, RequestError};
 pub use job::{
-    Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus, Lease,
-    LeaseId, Owner, Standing, Transition, Transitioned, Usage,
+    CallUsage, Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus,
+    Lease, LeaseId, Owner, Standing, Transition, Transitioned, Usage,
 };
 pub use message::{decode_job_message, encode_job_message};
 pub use pricing::{NanoUsd, Price, PriceError, PriceTable, TokenCounts};

@@ -112,8 +112,13 @@ impl JobView {
             output: completion
                 .map(|c| c.output.clone())
                 .or_else(|| job.partial_output.clone()),
-            usage: completion.map(|c| c.usage),
-            cost_usd: completion.and_then(|c| c.cost).map(|cost| cost.as_usd()),
+            // A succeeded job's, or what the call of a cancelled one used after all.
+            usage: completion
+                .map(|c| c.usage)
+                .or(job.recorded_usage.map(|used| used.usage)),
+            cost_usd: completion
+                .map_or(job.recorded_usage.and_then(|used| used.cost), |c| c.cost)
+                .map(|cost| cost.as_usd()),
             artifact: completion.map(|c| ArtifactLocation {
                 bucket: artifacts_bucket.to_owned(),
                 key: c.artifact_key.clone(),
@@ -173,10 +178,11 @@ pub struct PeriodView {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BudgetView {
-    /// `tokens` (a day) or `usd` (a month).
+    /// `tokens` (a day: whole numbers) or `usd` (a month).
     pub unit: &'static str,
-    pub limit: f64,
-    pub left: f64,
+    pub limit: serde_json::Number,
+    /// The limit less what ended jobs were charged and unfinished jobs reserved.
+    pub left: serde_json::Number,
 }
 
 impl UsageView {
@@ -193,8 +199,9 @@ impl PeriodView {
         let reserved = usage.reserved();
         let kind = usage.period.kind;
         let in_unit = |amount: u64| match kind {
-            PeriodKind::Day => amount as f64,
-            PeriodKind::Month => NanoUsd(amount).as_usd(),
+            PeriodKind::Day => serde_json::Number::from(amount),
+            PeriodKind::Month => serde_json::Number::from_f64(NanoUsd(amount).as_usd())
+                .unwrap_or_else(|| serde_json::Number::from(0)),
         };
         Self {
             period: usage.period.name.clone(),

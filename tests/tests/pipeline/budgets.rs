@@ -11,8 +11,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use integration_tests::*;
 use pipeline::domain::{
-    Amount, Budget, GenerateRequest, Job, JobId, JobStatus, Lease, NanoUsd, Owner,
+    Amount, Budget, CallUsage, GenerateRequest, Job, JobId, JobStatus, Lease, NanoUsd, Owner,
     PROMPT_OVERHEAD_TOKENS, Period, PeriodKind, PeriodUsage, PriceTable, Transition, Transitioned,
+    Usage,
 };
 use pipeline::ports::{JobStore, UsageLedger};
 use serde_json::{Value, json};
@@ -268,6 +269,67 @@ async fn a_stop_releases_a_queued_jobs_reservation_and_keeps_a_running_ones() {
         "a job stopped mid-call is charged its worst case: its use is unknown"
     );
     assert_eq!(day.charged.tokens, WORST_CASE);
+}
+
+#[tokio::test]
+async fn a_call_that_ends_after_the_stop_charges_what_it_used_once() {
+    let stack = Stack::new().await;
+    let job = reserved_job(&stack, "late", Utc::now()).await;
+    let start = Transition::Start {
+        lease: Lease::new(Utc::now() + chrono::Duration::seconds(60)),
+        max_attempts: MAX_ATTEMPTS,
+    };
+    stack
+        .store()
+        .transition(job.id, &start, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(cancel(&stack, "late", job.id).await.status_code, 200);
+    let used = CallUsage {
+        usage: Usage {
+            input_tokens: 9,
+            output_tokens: 21,
+        },
+        cost: Some(NanoUsd(77)),
+    };
+    let record = Transition::RecordUsage { used };
+    let recorded = stack.store().transition(job.id, &record, Utc::now()).await;
+    let Ok(Transitioned::Done(recorded)) = recorded else {
+        panic!("recorded: {recorded:?}");
+    };
+    assert_eq!(recorded.status, JobStatus::Cancelled);
+    assert_eq!(recorded.recorded_usage, Some(used));
+    let again = stack.store().transition(job.id, &record, Utc::now()).await;
+    assert!(
+        matches!(again, Ok(Transitioned::Refused(Some(_)))),
+        "once: {again:?}"
+    );
+
+    let day = ledger(&stack, "late", PeriodKind::Day).await;
+    assert_eq!((day.jobs, day.settled_jobs), (1, 1));
+    let real = Amount {
+        tokens: 30,
+        cost: NanoUsd(77),
+    };
+    assert_eq!(
+        (day.committed, day.charged),
+        (real, real),
+        "instead of its worst case"
+    );
+    assert_eq!(day.usage, used.usage);
+    let view = stack
+        .status()
+        .handle(request(
+            Method::GET,
+            &format!("/jobs/{}", job.id),
+            Some("late"),
+            None,
+        ))
+        .await;
+    let view = json_body(&view);
+    assert_eq!(view["status"], "cancelled");
+    assert_eq!(view["usage"]["output_tokens"], 21);
+    assert_eq!(view["cost_usd"], NanoUsd(77).as_usd());
 }
 
 #[tokio::test]
