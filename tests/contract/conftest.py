@@ -2,13 +2,16 @@
 
 `local-stack` (from `LOCAL_STACK_BIN`, else `$CARGO_TARGET_DIR/debug/local-stack`, else
 `target/debug/local-stack`) is started once for the session from the repository's root, on a
-free port of 127.0.0.1, with the template's defaults for the quota (`MAX_JOBS_PER_MINUTE=30`)
-and the revocation check (`COGNITO_REVOCATION_CHECK=true`), and stopped at the end. Its
-offline model writes 40 words a second (local-stack's default), so its jobs finish within a
-second. When selected tests need jobs that stay unfinished for a while, more stacks are started
-alongside the first (so that all boot at once): the slow stack, whose model answers after
-`SLOW_MODEL_MS` (cancellation, long-polls), and the streaming stack, whose model writes
-`STREAM_WORDS_PER_SECOND` words a second (text that grows while the job runs). Every answer a
+free port of 127.0.0.1, with the template's defaults for the quota (`MAX_JOBS_PER_MINUTE=30`),
+the revocation check (`COGNITO_REVOCATION_CHECK=true`) and budgets (none), and stopped at the
+end. Its offline model writes 40 words a second (local-stack's default), so its jobs finish
+within a second. When selected tests need jobs that stay unfinished for a while, more stacks
+are started alongside the first (so that all boot at once): the slow stack, whose model answers
+after `SLOW_MODEL_MS` (cancellation, long-polls), the streaming stack, whose model writes
+`STREAM_WORDS_PER_SECOND` words a second (text that grows while the job runs), and the budget
+stack: every user's budgets set (`BUDGET_TOKENS_PER_DAY`, a few small jobs; and a generous
+`BUDGET_USD_PER_MONTH`), with the slow stack's model, so that the jobs a test submits keep
+their reservations for `SLOW_MODEL_MS` while it fills a budget or cancels one. Every answer a
 test gets through `Caller` is validated against `docs/openapi.yaml` with openapi-core: status,
 headers and body.
 """
@@ -54,6 +57,9 @@ FUNCTION_SETTINGS = {
     "MAX_ATTEMPTS",
     "RETRY_BASE_SECONDS",
     "RETRY_MAX_SECONDS",
+    "BUDGET_TOKENS_PER_DAY",
+    "BUDGET_USD_PER_MONTH",
+    "MODEL_PRICES",
 }
 # The slow stack's model latency: long enough that a job is reliably still running (and the
 # next one still queued, the local worker taking one batch at a time) while a test cancels it.
@@ -62,6 +68,11 @@ SLOW_MODEL_MS = 2000
 # (STREAM_FLUSH_MS, 250 by default), so that a running job's text grows over several flushes
 # of two or three words each.
 STREAM_WORDS_PER_SECOND = 10
+# The budget stack's defaults for every user: a day of 600 tokens holds the worst case of three
+# jobs of a short prompt and max_tokens 100 (each the prompt's bytes + 64 + 100, about 180),
+# not four; a month of $5 holds thousands of them (so the day's budget is the one they meet).
+BUDGET_TOKENS_PER_DAY = 600
+BUDGET_USD_PER_MONTH = "5"
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 30
 
@@ -119,6 +130,30 @@ class Stack:
     def output(self) -> str:
         return "".join(
             (self.logs / name).read_text(errors="replace") for name in ("stderr.log", "stdout.log")
+        )
+
+    def exports(self) -> dict:
+        """The settings the stack prints for the AWS CLI (its `export NAME=value` lines):
+        AWS_ENDPOINT_URL (its moto), JOBS_TABLE, …"""
+        settings = {}
+        for line in (self.logs / "stderr.log").read_text(errors="replace").splitlines():
+            if line.strip().startswith("export "):
+                for assignment in line.split()[1:]:
+                    name, _, value = assignment.partition("=")
+                    settings[name] = value
+        return settings
+
+    def dynamodb(self):
+        """A boto3 DynamoDB client of the stack's moto (the operator's view of its tables)."""
+        import boto3  # moto[server]'s dependency: in the tests' venv
+
+        settings = self.exports()
+        return boto3.client(
+            "dynamodb",
+            endpoint_url=settings["AWS_ENDPOINT_URL"],
+            region_name=settings["AWS_REGION"],
+            aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
         )
 
     def wait_until_ready(self):
@@ -343,9 +378,10 @@ def stacks(request):
     """The session's stacks, by name, each started at most once and stopped at the end."""
     running: dict[str, Stack] = {}
 
-    def start(name: str, args: tuple = (), wait: bool = True) -> Stack:
+    def start(name: str, args: tuple = (), wait: bool = True, env: dict | None = None) -> Stack:
         if name not in running:
-            running[name] = Stack(local_stack_binary(), TEMPLATE_SETTINGS, args, wait=False)
+            settings = {**TEMPLATE_SETTINGS, **(env or {})}
+            running[name] = Stack(local_stack_binary(), settings, args, wait=False)
         if wait:
             running[name].wait_until_ready()
         return running[name]
@@ -360,20 +396,35 @@ def stacks(request):
             shutil.rmtree(stack.logs, ignore_errors=True)
 
 
-# The other stacks: their name, their fixture, their arguments.
+SLOW_MODEL = ("--latency-ms", str(SLOW_MODEL_MS), "--words-per-second", "0")
+# The other stacks: their name, their fixture, their arguments and their settings.
 OTHER_STACKS = {
     # Its model's answer comes all at once, after SLOW_MODEL_MS.
-    "slow": ("slow_stack", ("--latency-ms", str(SLOW_MODEL_MS), "--words-per-second", "0")),
-    "stream": ("stream_stack", ("--words-per-second", str(STREAM_WORDS_PER_SECOND))),
+    "slow": ("slow_stack", SLOW_MODEL, {}),
+    "stream": ("stream_stack", ("--words-per-second", str(STREAM_WORDS_PER_SECOND)), {}),
+    # Every user's budgets, and the slow model.
+    "budget": (
+        "budget_stack",
+        SLOW_MODEL,
+        {
+            "BUDGET_TOKENS_PER_DAY": str(BUDGET_TOKENS_PER_DAY),
+            "BUDGET_USD_PER_MONTH": BUDGET_USD_PER_MONTH,
+        },
+    ),
 }
+
+
+def other_stack(stacks, name: str) -> Stack:
+    _, args, env = OTHER_STACKS[name]
+    return stacks(name, args, env=env)
 
 
 @pytest.fixture(scope="session")
 def stack(request, stacks):
     # The other stacks boot alongside when a selected test will need them.
-    for name, (fixture, args) in OTHER_STACKS.items():
+    for name, (fixture, args, env) in OTHER_STACKS.items():
         if any(fixture in item.fixturenames for item in request.session.items):
-            stacks(name, args, wait=False)
+            stacks(name, args, wait=False, env=env)
     return stacks("main")
 
 
@@ -382,14 +433,22 @@ def slow_stack(stacks):
     """A second stack whose model answers after SLOW_MODEL_MS (all at once), and as the
     template deploys it otherwise: its jobs stay queued or running long enough to be
     cancelled."""
-    return stacks("slow", OTHER_STACKS["slow"][1])
+    return other_stack(stacks, "slow")
 
 
 @pytest.fixture(scope="session")
 def stream_stack(stacks):
     """A third stack whose offline model writes STREAM_WORDS_PER_SECOND words a second, and
     as the template deploys it otherwise: a running job's output grows over several flushes."""
-    return stacks("stream", OTHER_STACKS["stream"][1])
+    return other_stack(stacks, "stream")
+
+
+@pytest.fixture(scope="session")
+def budget_stack(stacks):
+    """A fourth stack with every user's budgets (BUDGET_TOKENS_PER_DAY tokens a UTC day,
+    $BUDGET_USD_PER_MONTH a UTC month) and the slow stack's model: a job holds its
+    reservation for SLOW_MODEL_MS at least, and jobs submitted meanwhile stay queued."""
+    return other_stack(stacks, "budget")
 
 
 @pytest.fixture(scope="session")
@@ -435,30 +494,39 @@ def anonymous(stack, contract) -> Caller:
     return Caller(stack, contract, None, None)
 
 
+def sign_up(stack: Stack, contract: Contract) -> Caller:
+    """Signs up, confirms (locally any code is accepted) and signs in a fresh user of `stack`."""
+    response = requests.get(f"{stack.url}/config.json", timeout=REQUEST_TIMEOUT_S)
+    response.raise_for_status()
+    client_id = response.json()["userPoolClientId"]
+    email = f"contract-{uuid.uuid4().hex[:12]}@example.com"
+    password = "Contract-Password-2026!"
+    cognito(
+        stack,
+        "SignUp",
+        {
+            "ClientId": client_id,
+            "Username": email,
+            "Password": password,
+            "UserAttributes": [{"Name": "email", "Value": email}],
+        },
+    )
+    cognito(
+        stack,
+        "ConfirmSignUp",
+        {"ClientId": client_id, "Username": email, "ConfirmationCode": "123456"},
+    )
+    tokens = sign_in(stack, client_id, email, password)
+    return Caller(stack, contract, tokens["AccessToken"], email)
+
+
 @pytest.fixture(scope="session")
-def new_user(stack, contract, web_config):
-    """Signs up, confirms (locally any code is accepted) and signs in a fresh user."""
+def new_user(stack, contract):
+    """Makes a fresh user of the main stack."""
+    return functools.partial(sign_up, stack, contract)
 
-    def make() -> Caller:
-        email = f"contract-{uuid.uuid4().hex[:12]}@example.com"
-        password = "Contract-Password-2026!"
-        client_id = web_config["userPoolClientId"]
-        cognito(
-            stack,
-            "SignUp",
-            {
-                "ClientId": client_id,
-                "Username": email,
-                "Password": password,
-                "UserAttributes": [{"Name": "email", "Value": email}],
-            },
-        )
-        cognito(
-            stack,
-            "ConfirmSignUp",
-            {"ClientId": client_id, "Username": email, "ConfirmationCode": "123456"},
-        )
-        tokens = sign_in(stack, client_id, email, password)
-        return Caller(stack, contract, tokens["AccessToken"], email)
 
-    return make
+@pytest.fixture(scope="session")
+def budget_user(budget_stack, contract):
+    """Makes a fresh user of the budget stack: a whole day's and month's budget of its own."""
+    return functools.partial(sign_up, budget_stack, contract)

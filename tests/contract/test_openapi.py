@@ -9,14 +9,18 @@ status, headers, body.
 
 import base64
 import json
+import math
 import re
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from urllib.parse import quote
 
 import pytest
+import requests
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.request.exceptions import (
     ParameterValidationError,
@@ -24,7 +28,15 @@ from openapi_core.validation.request.exceptions import (
 )
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from conftest import JOBS_PER_MINUTE, ROOT, STREAM_WORDS_PER_SECOND, cognito
+from conftest import (
+    BUDGET_TOKENS_PER_DAY,
+    BUDGET_USD_PER_MONTH,
+    JOBS_PER_MINUTE,
+    ROOT,
+    SLOW_MODEL_MS,
+    STREAM_WORDS_PER_SECOND,
+    cognito,
+)
 
 # What the document says of a request it refuses (not a security error: the caller is fine).
 DOCUMENT_REFUSES = (ParameterValidationError, RequestBodyValidationError)
@@ -37,7 +49,7 @@ ERROR_CODES = {
     405: {"method_not_allowed"},
     409: {"not_cancellable"},
     413: {"prompt_too_long"},
-    429: {"rate_limited"},
+    429: {"rate_limited", "budget_exceeded"},
     500: {"internal"},
     503: {"unavailable"},
 }
@@ -108,6 +120,8 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
         ("/jobs/{id}", "options"): {204},
         ("/jobs/{id}/cancel", "post"): {200, 401, 404, 409, 500, 503},
         ("/jobs/{id}/cancel", "options"): {204},
+        ("/usage", "get"): {200, 401, 500, 503},
+        ("/usage", "options"): {204},
     }
     for (path, method), operation in operations(spec).items():
         for status, response in operation["responses"].items():
@@ -131,8 +145,10 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
     applied = resolved(spec, submit["200"]["headers"]["Preference-Applied"])
     assert applied["required"] is False
     assert "Preference-Applied" not in submit["202"]["headers"]
-    rate_limited = responses["RateLimited"]["headers"]["Retry-After"]
-    assert resolved(spec, rate_limited)["required"] is True
+    rate_limited = resolved(spec, responses["RateLimited"]["headers"]["Retry-After"])
+    assert rate_limited["required"] is True
+    # Up to the end of a budget's calendar month (31 days), at least a second.
+    assert rate_limited["schema"] == {"type": "integer", "minimum": 1, "maximum": 2678400}
     allow = responses["MethodNotAllowed"]["headers"]["Allow"]
     assert resolved(spec, allow)["required"] is True
 
@@ -185,6 +201,33 @@ def test_the_document_has_the_built_routes_and_each_error_code_with_its_status(c
         "model_error",
         "worker_error",
     }
+
+    # GET /usage: the caller's own (a token is needed, as everywhere but the preflights), the
+    # day's budget in tokens, the month's in dollars, every field of a period always there.
+    assert "security" not in spec["paths"]["/usage"]["get"]
+    assert spec["paths"]["/usage"]["options"]["security"] == []
+    report = schemas["UsageReport"]
+    assert (report["required"], report["additionalProperties"]) == (["day", "month"], False)
+    period = schemas["PeriodUsage"]
+    assert period["additionalProperties"] is False
+    assert set(period["required"]) == set(period["properties"]) == {
+        "period",
+        "starts_at",
+        "ends_at",
+        "jobs",
+        "finished_jobs",
+        "input_tokens",
+        "output_tokens",
+        "tokens",
+        "cost_usd",
+        "reserved_tokens",
+        "reserved_usd",
+        "budget",
+    }
+    budget = schemas["PeriodBudget"]
+    assert budget["required"] == ["unit", "limit", "left"]
+    assert budget["properties"]["left"]["minimum"] == 0
+    assert "cost_usd" in schemas["Job"]["properties"]
 
     schemes = spec["components"]["securitySchemes"]
     assert schemes["cognitoJwt"]["scheme"] == "bearer"
@@ -265,7 +308,7 @@ def error_body(code, message="A sentence for a person."):
 
 def exchange(method, path, status, body, headers=None, query=None, as_response=None):
     """A request and an answer as openapi-core's protocol objects."""
-    if path in ("/generate", "/jobs"):
+    if path in ("/generate", "/jobs", "/usage"):
         pattern, view_args = path, None
     elif path.endswith("/cancel"):
         pattern, view_args = "/jobs/{id}/cancel", {"id": path.split("/")[2]}
@@ -308,6 +351,46 @@ def submit_answer(status, body, headers=None):
     return ("post", "/generate", status, body, headers)
 
 
+def usage_answer(body, status=200):
+    return ("get", "/usage", status, body)
+
+
+def budget_refusal(headers, message=None):
+    message = message or (
+        "This job could use up to 180 tokens, more than is left of your daily budget of 600 "
+        "tokens for 2026-11-23. You have used or reserved 540 tokens of it. It resets at "
+        "2026-11-24T00:00:00.000Z."
+    )
+    return submit_answer(429, error_body("budget_exceeded", message), headers)
+
+
+DAY = {
+    "period": "2026-11-23",
+    "starts_at": "2026-11-23T00:00:00.000Z",
+    "ends_at": "2026-11-24T00:00:00.000Z",
+    "jobs": 3,
+    "finished_jobs": 2,
+    "input_tokens": 24,
+    "output_tokens": 160,
+    "tokens": 184,
+    "cost_usd": 0.00002324,
+    "reserved_tokens": 603,
+    "reserved_usd": 0.000074865,
+    "budget": {"unit": "tokens", "limit": 50000, "left": 49213},
+}
+MONTH = DAY | {
+    "period": "2026-11",
+    "starts_at": "2026-11-01T00:00:00.000Z",
+    "ends_at": "2026-12-01T00:00:00.000Z",
+    "budget": {"unit": "usd", "limit": 5.0, "left": 4.999901895},
+}
+USAGE = {"day": DAY, "month": MONTH}
+
+
+def with_day(**fields):
+    return usage_answer(USAGE | {"day": DAY | fields})
+
+
 def wrong_method_answer(headers):
     return (
         "get",
@@ -328,6 +411,9 @@ GOOD_EXCHANGES = {
     "cancelled job": job_answer(CANCELLED_JOB),
     "running job with the text so far": job_answer(RUNNING_JOB | {"output": "Hi"}),
     "cancelled job with the text it had": job_answer(CANCELLED_JOB | {"output": "Hi"}),
+    "cancelled job whose call ended after the stop": job_answer(
+        CANCELLED_JOB | {"usage": GOOD_JOB["usage"], "cost_usd": 0.00001162}
+    ),
     "failed job with its last attempt's text": job_answer(FAILED_JOB | {"output": "Hi"}),
     "a job with its system prompt and temperature": job_answer(GOOD_JOB | SETTINGS),
     "a temperature that was 1e-200": job_answer(QUEUED_JOB | {"temperature": 0.0}),
@@ -362,6 +448,31 @@ GOOD_EXCHANGES = {
     "400": submit_answer(400, error_body("invalid_request")),
     "429": submit_answer(429, error_body("rate_limited"), {"Retry-After": "12"}),
     "405": wrong_method_answer({"Allow": "POST"}),
+    "429 budget_exceeded": budget_refusal({"Retry-After": "29000"}),
+    "429 budget_exceeded to the end of a 31-day month": budget_refusal(
+        {"Retry-After": "2678400"},
+        "This job could use up to $0.0000168, more than is left of your monthly budget of "
+        "$0.00003 for 2026-12. It resets at 2027-01-01T00:00:00.000Z.",
+    ),
+    "usage with both budgets": usage_answer(USAGE),
+    "usage without budgets": usage_answer(
+        {"day": DAY | {"budget": None}, "month": MONTH | {"budget": None}}
+    ),
+    "usage of a fresh user": usage_answer(
+        {
+            name: period
+            | {key: 0 for key in ("jobs", "finished_jobs", "input_tokens", "output_tokens")}
+            | {key: 0 for key in ("tokens", "reserved_tokens")}
+            | {"cost_usd": 0.0, "reserved_usd": 0.0}
+            | {"budget": period["budget"] | {"left": period["budget"]["limit"]}}
+            for name, period in USAGE.items()
+        }
+    ),
+    "usage with nothing left": with_day(budget={"unit": "tokens", "limit": 600, "left": 0}),
+    "a dollar budget with a fraction of a cent left": usage_answer(
+        USAGE | {"month": MONTH | {"budget": {"unit": "usd", "limit": 0.00003, "left": 1.32e-5}}}
+    ),
+    "usage 401": usage_answer(error_body("unauthorized"), 401),
 }
 DRIFTED_EXCHANGES = {
     "a field the contract does not have (lease_id)": job_answer(GOOD_JOB | {"lease_id": "a1"}),
@@ -388,7 +499,8 @@ DRIFTED_EXCHANGES = {
     "a long-poll 400 with a code of another status": long_poll_answer(
         error_body("not_found"), 400
     ),
-    "cancelled with usage": job_answer(CANCELLED_JOB | {"usage": GOOD_JOB["usage"]}),
+    "cancelled with a cost but no usage": job_answer(CANCELLED_JOB | {"cost_usd": 0.00001162}),
+    "running with usage": job_answer(RUNNING_JOB | {"usage": GOOD_JOB["usage"]}),
     "cancelled with an artifact": job_answer(CANCELLED_JOB | {"artifact": GOOD_JOB["artifact"]}),
     "cancelled with an error": job_answer(CANCELLED_JOB | {"error": FAILED_JOB["error"]}),
     "a cancel answer that is not cancelled": cancel_answer(200, GOOD_JOB),
@@ -452,6 +564,44 @@ DRIFTED_EXCHANGES = {
     "a 429 without Retry-After": submit_answer(429, error_body("rate_limited")),
     "a 405 without Allow": wrong_method_answer(None),
     "an undocumented status": ("get", "/jobs", 418, error_body("internal")),
+    "a budget_exceeded without Retry-After": budget_refusal(None),
+    "a budget's Retry-After past 31 days": budget_refusal({"Retry-After": "2678401"}),
+    "a Retry-After of 0": budget_refusal({"Retry-After": "0"}),
+    "a budget_exceeded as a 400": submit_answer(400, error_body("budget_exceeded")),
+    "a budget_exceeded as a 503": submit_answer(503, error_body("budget_exceeded")),
+    "usage without a budget": usage_answer(USAGE | {"day": without(DAY, "budget")}),
+    "usage without the month": usage_answer({"day": DAY}),
+    "usage with a period more": usage_answer(USAGE | {"week": DAY}),
+    "usage with a field more": with_day(committed_tokens=787),
+    "usage without reserved_tokens": usage_answer(
+        USAGE | {"day": without(DAY, "reserved_tokens")}
+    ),
+    "a day budget in usd": with_day(budget={"unit": "usd", "limit": 5.0, "left": 4.0}),
+    "a month budget in tokens": usage_answer(
+        USAGE | {"month": MONTH | {"budget": DAY["budget"]}}
+    ),
+    "a budget in another unit": with_day(budget={"unit": "requests", "limit": 5, "left": 4}),
+    "a negative left": with_day(budget={"unit": "tokens", "limit": 600, "left": -60}),
+    "a budget without left": with_day(budget={"unit": "tokens", "limit": 600}),
+    "a token budget with a fraction left": with_day(
+        budget={"unit": "tokens", "limit": 600, "left": 59.5}
+    ),
+    "a token limit with a fraction": with_day(
+        budget={"unit": "tokens", "limit": 600.5, "left": 60}
+    ),
+    "a budget with a field more": with_day(budget=DAY["budget"] | {"used": 787}),
+    "a budget of text": with_day(budget="50000 tokens"),
+    "negative reserved tokens": with_day(reserved_tokens=-1),
+    "tokens that are not whole": with_day(tokens=184.5),
+    "jobs as text": with_day(jobs="3"),
+    "a cost as text": with_day(cost_usd="0.00002324"),
+    "a day period that is a month": with_day(period="2026-11"),
+    "a month period that is a day": usage_answer(
+        USAGE | {"month": MONTH | {"period": "2026-11-23"}}
+    ),
+    "a period's end without milliseconds": with_day(ends_at="2026-11-24T00:00:00Z"),
+    "usage answered with 404": usage_answer(error_body("not_found"), 404),
+    "a usage 401 with another code": usage_answer(error_body("budget_exceeded"), 401),
 }
 
 
@@ -998,6 +1148,20 @@ def wait_for(caller, path, done, what, timeout=30):
         time.sleep(0.05)
 
 
+def stopped_as(stopped: dict, job: dict) -> bool:
+    """Whether `job` is the job a cancellation answered with (`stopped`), or that and, once,
+    what its model call used: the call ended after the stop (and `seq` grew once more)."""
+    if job == stopped:
+        return True
+    changed = ("usage", "cost_usd", "seq", "updated_at")
+    return (
+        "usage" in job
+        and job["seq"] == stopped["seq"] + 1
+        and job["updated_at"] >= stopped["updated_at"]
+        and without(job, *changed) == without(stopped, *changed)
+    )
+
+
 def test_queued_and_running_jobs_are_cancelled_and_stay_so(slow_demo):
     """On the slow stack the model answers after SLOW_MODEL_MS and the local worker takes one
     batch at a time: a job whose model call is under way is running, and jobs submitted
@@ -1043,9 +1207,9 @@ def test_queued_and_running_jobs_are_cancelled_and_stay_so(slow_demo):
 
     # The last job goes queued → running (its text growing) → succeeded, seq growing at each
     # step (followed with long-polls). It starts once the cancelled attempt's model call has
-    # ended: that attempt found the job cancelled at its first flush and dropped its stream,
-    # and the cancelled queued job's message has been taken: neither job changed (the queued
-    # one never called the model).
+    # ended and the cancelled queued job's message has been taken: the queued one never
+    # called the model, and the running one changed at most once, to record what its call
+    # used.
     seen = [slow_demo.get(later_path).json()]
     assert seen[0]["status"] == "queued", seen
     while seen[-1]["status"] != "succeeded":
@@ -1055,12 +1219,12 @@ def test_queued_and_running_jobs_are_cancelled_and_stay_so(slow_demo):
         assert job["status"] in ("running", "succeeded"), job
         seen.append(job)
         if job["status"] == "running":
-            assert slow_demo.get(running_path).json() == stopped
+            assert stopped_as(stopped, slow_demo.get(running_path).json())
     statuses = [job["status"] for job in seen]
     assert list(dict.fromkeys(statuses)) == ["queued", "running", "succeeded"], seen
     assert [job["seq"] for job in seen] == sorted({job["seq"] for job in seen}), seen
     assert [job["attempts"] for job in seen] == [0] + [1] * (len(seen) - 1), seen
-    assert slow_demo.get(running_path).json() == stopped
+    assert stopped_as(stopped, slow_demo.get(running_path).json())
     assert slow_demo.get(queued_path).json() == cancelled
 
     # Finished: 409, and the job stays as it is.
@@ -1243,6 +1407,484 @@ def test_a_bad_limit_or_cursor_is_400(demo, contract, case):
 
 
 # ---------------------------------------------------------------------------------------------
+# GET /usage, budgets and 429 budget_exceeded
+# ---------------------------------------------------------------------------------------------
+
+# USD per 1,000 tokens, as the local stack prices its jobs (MODEL_PRICES is never set for it).
+PRICES = json.loads((ROOT / "shared" / "prices.json").read_text())
+# A small job: its worst case fits the budget stack's day FIT times.
+SMALL_JOB = {"prompt": "Spend my budget.", "max_tokens": 100}
+COUNTS = ("jobs", "finished_jobs", "input_tokens", "output_tokens", "tokens", "reserved_tokens")
+DAY_LIMIT = BUDGET_TOKENS_PER_DAY
+MONTH_LIMIT = float(BUDGET_USD_PER_MONTH)
+
+
+def worst_case(body: dict) -> int:
+    """A job's worst case in tokens: the UTF-8 bytes of its prompt and system prompt (as
+    trimmed), 64 of overhead, and all of its max_tokens (512 by default)."""
+    texts = (body["prompt"], body.get("system") or "")
+    return sum(len(text.strip().encode()) for text in texts) + 64 + (body.get("max_tokens") or 512)
+
+
+def worst_cost_nano(body: dict, model: str) -> int:
+    """A job's worst case in nano-dollars at its model's prices, rounded up."""
+    price = PRICES[model]
+    output = body.get("max_tokens") or 512
+    input_tokens = worst_case(body) - output
+    nano = (input_tokens * Decimal(price["input"]) + output * Decimal(price["output"])) * 10**6
+    return math.ceil(nano)
+
+
+def dollars(nano: int) -> str:
+    """Dollars as the service writes them: as many decimals as needed ($5, $0.0000168)."""
+    text = f"{Decimal(nano) / 10**9:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+FIT = DAY_LIMIT // worst_case(SMALL_JOB)
+assert FIT == 3, "the budget stack's day should hold three small jobs"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def day_of(now: datetime) -> tuple[datetime, datetime]:
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, start + timedelta(days=1)
+
+
+def month_of(now: datetime) -> tuple[datetime, datetime]:
+    start = day_of(now)[0].replace(day=1)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+def clear_of_midnight(margin_s: float = 30):
+    """Budgets count per UTC day and month: a test that reads them starts far from midnight
+    (a wait of at most `margin_s`, a few times a year never, once a day at worst)."""
+    left = (day_of(utc_now())[1] - utc_now()).total_seconds()
+    if left < margin_s:
+        time.sleep(left + 1)
+
+
+def usage_of(caller, path: str = "/usage") -> dict:
+    answer = caller.get(path)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def counts(period: dict) -> dict:
+    return {name: period[name] for name in COUNTS}
+
+
+def finish(caller, path: str, timeout: float = 30) -> dict:
+    """Long-polls the job at `path` until it has ended; the job."""
+    deadline = time.monotonic() + timeout
+    job = caller.get(path).json()
+    while job["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, f"not finished after {timeout} s: {job}"
+        job = caller.get(f"{path}?wait=20&after={job['seq']}").json()
+    return job
+
+
+def assert_retry_after_is_the_periods_end(answer, asked_at: datetime, end: datetime):
+    """Retry-After: the whole seconds from the answer to `end` (one of rounding either way)."""
+    retry = int(answer.headers["Retry-After"])
+    assert (end - utc_now()).total_seconds() - 1 <= retry, (retry, end)
+    assert retry <= (end - asked_at).total_seconds() + 1, (retry, end)
+
+
+@pytest.fixture(scope="module")
+def budget_model(budget_stack) -> str:
+    response = requests.get(f"{budget_stack.url}/config.json", timeout=30)
+    response.raise_for_status()
+    return response.json()["defaultModel"]
+
+
+def set_limits(stack, caller, **limits):
+    """The operator's item of the caller's own limits (`budget#<sub>`), as it replaces any."""
+    stack.dynamodb().put_item(
+        TableName=stack.exports()["JOBS_TABLE"],
+        Item={"job_id": {"S": f"budget#{access_token_claims(caller.token)['sub']}"}, **limits},
+    )
+
+
+def test_usage_counts_every_job_even_without_budgets(new_user):
+    """The main stack has no budgets (the template's default): GET /usage still counts every
+    job, charged what the model reported, with no budget in either period."""
+    clear_of_midnight()
+    user = new_user()
+    fresh = usage_of(user)
+    for name in ("day", "month"):
+        assert counts(fresh[name]) == dict.fromkeys(COUNTS, 0), fresh
+        assert fresh[name]["cost_usd"] == fresh[name]["reserved_usd"] == 0, fresh
+        assert fresh[name]["budget"] is None, fresh
+    answer = user.submit({"prompt": "Count me in.", "max_tokens": 8}, headers={"Prefer": "wait=20"})
+    assert answer.status_code == 200, answer.text
+    job = answer.json()
+    assert job["status"] == "succeeded", job
+    used = usage_of(user)
+    reported = job["usage"]["input_tokens"], job["usage"]["output_tokens"]
+    for name in ("day", "month"):
+        period = used[name]
+        assert counts(period) == {
+            "jobs": 1,
+            "finished_jobs": 1,
+            "input_tokens": reported[0],
+            "output_tokens": reported[1],
+            "tokens": sum(reported),
+            "reserved_tokens": 0,
+        }, used
+        assert period["cost_usd"] == pytest.approx(job["cost_usd"], abs=1e-12), (job, used)
+        assert job["cost_usd"] > 0 and period["reserved_usd"] == 0, (job, used)
+        assert period["budget"] is None, used
+
+
+def test_a_fresh_users_usage_is_zeros_and_the_whole_budgets(budget_user):
+    user = budget_user()
+    before = utc_now()
+    usage = usage_of(user)
+    after = utc_now()
+    # Query parameters are ignored.
+    assert usage_of(user, "/usage?period=2020-01&limit=5") == usage
+    day, month = usage["day"], usage["month"]
+    # The current UTC day and calendar month (at the moment of the request).
+    assert (day["period"], day["starts_at"], day["ends_at"]) in {
+        (start.strftime("%Y-%m-%d"), stamp(start), stamp(end))
+        for start, end in map(day_of, (before, after))
+    }, day
+    assert (month["period"], month["starts_at"], month["ends_at"]) in {
+        (start.strftime("%Y-%m"), stamp(start), stamp(end))
+        for start, end in map(month_of, (before, after))
+    }, month
+    for period in (day, month):
+        assert counts(period) == dict.fromkeys(COUNTS, 0), usage
+        assert period["cost_usd"] == period["reserved_usd"] == 0, usage
+    assert day["budget"] == {"unit": "tokens", "limit": DAY_LIMIT, "left": DAY_LIMIT}, day
+    assert month["budget"] == {"unit": "usd", "limit": MONTH_LIMIT, "left": MONTH_LIMIT}, month
+    # A token budget is whole numbers (600, not 600.0).
+    assert all(type(day["budget"][key]) is int for key in ("limit", "left")), day
+
+
+def test_usage_is_the_callers_own(budget_user):
+    clear_of_midnight()
+    spender, other = budget_user(), budget_user()
+    need = worst_case(SMALL_JOB)
+    assert spender.submit(SMALL_JOB).status_code == 202
+    mine, theirs = usage_of(spender), usage_of(other)
+    # The slow model holds the job (and its reservation) for seconds.
+    assert counts(mine["day"]) == dict.fromkeys(COUNTS, 0) | {"jobs": 1, "reserved_tokens": need}
+    assert mine["day"]["budget"]["left"] == DAY_LIMIT - need, mine
+    assert counts(theirs["day"]) == counts(theirs["month"]) == dict.fromkeys(COUNTS, 0), theirs
+    assert theirs["day"]["budget"]["left"] == DAY_LIMIT, theirs
+    assert theirs["month"]["budget"]["left"] == MONTH_LIMIT, theirs
+    # Nor does the spender's use take anything from the other's budget.
+    answers = [other.submit(SMALL_JOB) for _ in range(FIT)]
+    assert [a.status_code for a in answers] == [202] * FIT, [a.text for a in answers]
+
+
+def test_submissions_past_the_daily_budget_are_429_budget_exceeded(budget_user, budget_model):
+    clear_of_midnight()
+    user = budget_user()
+    need = worst_case(SMALL_JOB)
+    key = {"Idempotency-Key": f"budget-{uuid.uuid4()}"}
+    answers = [user.submit(SMALL_JOB, headers=key)]
+    while answers[-1].status_code == 202 and len(answers) <= FIT + 2:
+        asked_at = utc_now()
+        answers.append(user.submit(SMALL_JOB))
+    statuses = [answer.status_code for answer in answers]
+    # The slow model holds every accepted job's whole worst case meanwhile: exactly FIT fit.
+    assert statuses == [202] * FIT + [429], statuses
+    refused = answers[-1]
+    today, tomorrow = day_of(asked_at)
+    assert error_of(refused) == {
+        "code": "budget_exceeded",
+        "message": f"This job could use up to {need} tokens, more than is left of your daily "
+        f"budget of {DAY_LIMIT} tokens for {today:%Y-%m-%d}. You have used or reserved "
+        f"{FIT * need} tokens of it. It resets at {stamp(tomorrow)}.",
+    }
+    assert_retry_after_is_the_periods_end(refused, asked_at, tomorrow)
+
+    # Nothing was recorded for it; what was accepted is held, whole.
+    usage = usage_of(user)
+    day, month = usage["day"], usage["month"]
+    assert len(user.get("/jobs?limit=100").json()["jobs"]) == FIT
+    assert counts(day) == counts(month) == dict.fromkeys(COUNTS, 0) | {
+        "jobs": FIT,
+        "reserved_tokens": FIT * need,
+    }, usage
+    committed = day["tokens"] + day["reserved_tokens"]
+    assert day["budget"] == {"unit": "tokens", "limit": DAY_LIMIT, "left": DAY_LIMIT - committed}
+    held = FIT * worst_cost_nano(SMALL_JOB, budget_model) / 1e9
+    assert month["reserved_usd"] == pytest.approx(held, abs=1e-12), month
+    assert month["budget"]["left"] == pytest.approx(MONTH_LIMIT - held, abs=1e-9), month
+    # An idempotent repeat asks for nothing new: over the budget, it is still the first job.
+    repeat = user.submit(SMALL_JOB, headers=key)
+    assert repeat.status_code == 200, repeat.text
+    assert repeat.json()["job_id"] == answers[0].json()["job_id"]
+    assert usage_of(user)["day"]["jobs"] == FIT
+
+
+def test_a_job_bigger_than_the_whole_daily_budget_is_refused_at_once(budget_user):
+    clear_of_midnight()
+    user = budget_user()
+    big = {"prompt": "Too big for any day.", "max_tokens": 1000}
+    need = worst_case(big)
+    assert need > DAY_LIMIT
+    asked_at = utc_now()
+    refused = user.submit(big)
+    assert refused.status_code == 429, refused.text
+    assert error_of(refused) == {
+        "code": "budget_exceeded",
+        "message": f"This job could use up to {need} tokens, more than your whole daily budget "
+        f"of {DAY_LIMIT} tokens; lower max_tokens or shorten the prompt.",
+    }
+    assert_retry_after_is_the_periods_end(refused, asked_at, day_of(asked_at)[1])
+    # Nothing recorded or reserved: the whole budget is there for a job that fits.
+    assert user.get("/jobs").json()["jobs"] == []
+    day = usage_of(user)["day"]
+    assert counts(day) == dict.fromkeys(COUNTS, 0), day
+    assert day["budget"]["left"] == DAY_LIMIT, day
+    assert user.submit(SMALL_JOB).status_code == 202
+
+
+def test_concurrent_submissions_never_take_more_than_the_budget(budget_user):
+    """Many submissions at once: the ledger's conditional update in each job's transaction
+    lets at most FIT through (one cancelled for conflicts too often is 503, never a job)."""
+    clear_of_midnight()
+    user = budget_user()
+    need = worst_case(SMALL_JOB)
+    tries = 4 * FIT
+    start = threading.Barrier(tries)
+
+    def submit(_):
+        start.wait()
+        return user.submit(SMALL_JOB)
+
+    with ThreadPoolExecutor(tries) as pool:
+        answers = list(pool.map(submit, range(tries)))
+    accepted = [answer.json()["job_id"] for answer in answers if answer.status_code == 202]
+    others = [
+        (answer.status_code, error_of(answer)["code"])
+        for answer in answers
+        if answer.status_code != 202
+    ]
+    assert set(others) <= {(429, "budget_exceeded"), (503, "unavailable")}, others
+    assert 1 <= len(accepted) <= FIT, [answer.status_code for answer in answers]
+    assert len(set(accepted)) == len(accepted)
+    if all(status == 429 for status, _ in others):
+        # Every refusal was for the budget: it was full.
+        assert len(accepted) == FIT, others
+    day = usage_of(user)["day"]
+    assert day["jobs"] == len(accepted), day
+    assert day["tokens"] + day["reserved_tokens"] == len(accepted) * need <= DAY_LIMIT, day
+    assert day["budget"]["left"] == DAY_LIMIT - len(accepted) * need, day
+    listed = {job["job_id"] for job in user.get("/jobs?limit=100").json()["jobs"]}
+    assert listed == set(accepted)
+
+
+def test_finished_jobs_are_charged_what_was_reported_and_free_the_rest(budget_user, budget_model):
+    clear_of_midnight()
+    user = budget_user()
+    bodies = [
+        SMALL_JOB,
+        {"prompt": "A second job, a little longer.", "system": "Be brief.", "max_tokens": 60},
+        {"prompt": "Third.", "max_tokens": 8},
+    ]
+    held_tokens = sum(map(worst_case, bodies))
+    held_usd = sum(worst_cost_nano(body, budget_model) for body in bodies) / 1e9
+    paths = []
+    for body in bodies:
+        answer = user.submit(body)
+        assert answer.status_code == 202, answer.text
+        paths.append(answer.headers["Location"])
+    # A job one token bigger than what is left, while they hold their worst cases.
+    bigger = SMALL_JOB | {"max_tokens": DAY_LIMIT - held_tokens - worst_case(SMALL_JOB) + 101}
+    assert worst_case(bigger) == DAY_LIMIT - held_tokens + 1
+    refused = user.submit(bigger)
+    assert refused.status_code == 429, refused.text
+    holding = usage_of(user)
+    assert counts(holding["day"]) == dict.fromkeys(COUNTS, 0) | {
+        "jobs": 3,
+        "reserved_tokens": held_tokens,
+    }, holding
+    assert holding["day"]["budget"]["left"] == DAY_LIMIT - held_tokens, holding
+    assert holding["month"]["reserved_usd"] == pytest.approx(held_usd, abs=1e-12), holding
+
+    jobs = [finish(user, path) for path in paths]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3, jobs
+    input_tokens = sum(job["usage"]["input_tokens"] for job in jobs)
+    output_tokens = sum(job["usage"]["output_tokens"] for job in jobs)
+    cost = sum(job["cost_usd"] for job in jobs)
+    used = usage_of(user)
+    for name in ("day", "month"):
+        period = used[name]
+        assert counts(period) == {
+            "jobs": 3,
+            "finished_jobs": 3,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "tokens": input_tokens + output_tokens,
+            "reserved_tokens": 0,
+        }, used
+        assert period["cost_usd"] == pytest.approx(cost, abs=1e-9), (jobs, used)
+        assert period["reserved_usd"] == pytest.approx(0, abs=1e-12), used
+    # What they did not use is left again.
+    left = used["day"]["budget"]["left"]
+    assert left == DAY_LIMIT - (input_tokens + output_tokens), used
+    assert left > holding["day"]["budget"]["left"], (holding, used)
+    assert used["month"]["budget"]["left"] == pytest.approx(MONTH_LIMIT - cost, abs=1e-9), used
+    # And the job refused a moment ago fits now.
+    assert user.submit(bigger).status_code == 202
+
+
+def test_cancelling_frees_a_queued_jobs_reservation_and_charges_a_running_ones_use(
+    budget_user, budget_model
+):
+    """On the budget stack (the slow model) a job's model call takes SLOW_MODEL_MS, and a job
+    submitted meanwhile stays queued. A job cancelled while queued is charged nothing; one
+    cancelled while running its whole worst case, until its call ends and reports its use."""
+    clear_of_midnight()
+    user = budget_user()
+    need = worst_case(SMALL_JOB)
+    cost = worst_cost_nano(SMALL_JOB, budget_model) / 1e9
+    running = user.submit(SMALL_JOB).headers["Location"]
+    started = wait_for(user, running, lambda job: job["status"] != "queued", "started")
+    assert started["status"] == "running", started
+    queued = user.submit(SMALL_JOB).headers["Location"]
+    assert user.get(queued).json()["status"] == "queued"
+    both = usage_of(user)["day"]
+    assert (both["jobs"], both["finished_jobs"], both["reserved_tokens"]) == (2, 0, 2 * need)
+    assert both["budget"]["left"] == DAY_LIMIT - 2 * need, both
+
+    # Cancelled while queued: never reached the model, charged nothing; its hold is freed.
+    answer = user.post(f"{queued}/cancel")
+    assert answer.status_code == 200 and answer.json()["attempts"] == 0, answer.text
+    usage = usage_of(user)
+    for name in ("day", "month"):
+        assert counts(usage[name]) == dict.fromkeys(COUNTS, 0) | {
+            "jobs": 2,
+            "finished_jobs": 1,
+            "reserved_tokens": need,
+        }, usage
+        assert usage[name]["cost_usd"] == 0, usage
+        assert usage[name]["reserved_usd"] == pytest.approx(cost, abs=1e-12), usage
+    assert usage["day"]["budget"]["left"] == DAY_LIMIT - need, usage
+
+    # Cancelled while running: its use is unknown, so it is charged its whole worst case.
+    answer = user.post(f"{running}/cancel")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["attempts"]) == ("cancelled", 1), answer.text
+    usage = usage_of(user)
+    for name in ("day", "month"):
+        assert counts(usage[name]) == dict.fromkeys(COUNTS, 0) | {
+            "jobs": 2,
+            "finished_jobs": 2,
+            "tokens": need,
+        }, usage
+        assert usage[name]["cost_usd"] == pytest.approx(cost, abs=1e-12), usage
+        assert usage[name]["reserved_usd"] == pytest.approx(0, abs=1e-12), usage
+    assert usage["day"]["budget"]["left"] == DAY_LIMIT - need, usage
+    assert usage["month"]["budget"]["left"] == pytest.approx(MONTH_LIMIT - cost, abs=1e-9)
+
+    # Its model call ends SLOW_MODEL_MS after it started, and the attempt then records what it
+    # used (once): that replaces the worst case in the charge. Either way the charge is the
+    # job's, once. (A long-poll of a finished job answers at once: polled.)
+    stopped = answer.json()
+    call_over = moment(started["updated_at"]) + SLOW_MODEL_MS / 1000 + 3
+    job = user.get(running).json()
+    while "usage" not in job and time.time() < call_over:
+        time.sleep(0.1)
+        job = user.get(running).json()
+    assert stopped_as(stopped, job), (stopped, job)
+    usage = usage_of(user)
+    if "usage" in job:
+        reported = job["usage"]["input_tokens"], job["usage"]["output_tokens"]
+        charged, charged_usd = sum(reported), job["cost_usd"]
+    else:
+        reported, charged, charged_usd = (0, 0), need, cost
+    for name in ("day", "month"):
+        assert counts(usage[name]) == {
+            "jobs": 2,
+            "finished_jobs": 2,
+            "input_tokens": reported[0],
+            "output_tokens": reported[1],
+            "tokens": charged,
+            "reserved_tokens": 0,
+        }, (job, usage)
+        assert usage[name]["cost_usd"] == pytest.approx(charged_usd, abs=1e-12), (job, usage)
+    assert usage["day"]["budget"]["left"] == DAY_LIMIT - charged, usage
+
+
+def test_the_operators_limits_for_a_user_replace_the_defaults_at_once(budget_stack, budget_user):
+    clear_of_midnight()
+    user = budget_user()
+    big = {"prompt": "Too big for the default day.", "max_tokens": 1000}
+    assert user.submit(big).status_code == 429
+
+    # Its own daily limit, and no monthly one.
+    set_limits(budget_stack, user, tokens_per_day={"N": "5000"}, usd_per_month={"S": "unlimited"})
+    usage = usage_of(user)
+    assert usage["day"]["budget"] == {"unit": "tokens", "limit": 5000, "left": 5000}, usage
+    assert usage["month"]["budget"] is None, usage
+    assert user.submit(big).status_code == 202
+    assert usage_of(user)["day"]["budget"]["left"] == 5000 - worst_case(big)
+
+    # A value that is none of the allowed ones is ignored: the default applies, and what is
+    # committed is more than it (what is left is never below 0).
+    set_limits(budget_stack, user, tokens_per_day={"S": "lots"})
+    usage = usage_of(user)
+    assert usage["day"]["budget"] == {"unit": "tokens", "limit": DAY_LIMIT, "left": 0}, usage
+    assert usage["month"]["budget"]["limit"] == MONTH_LIMIT, usage
+    refused = user.submit(SMALL_JOB)
+    assert refused.status_code == 429, refused.text
+    assert error_of(refused)["code"] == "budget_exceeded"
+
+    # No daily limit at all.
+    set_limits(budget_stack, user, tokens_per_day={"S": "unlimited"})
+    assert usage_of(user)["day"]["budget"] is None
+    assert user.submit(big).status_code == 202
+
+
+def test_a_monthly_dollar_budget_refuses_the_job_that_would_pass_it(
+    budget_stack, budget_user, budget_model
+):
+    clear_of_midnight()
+    user = budget_user()
+    one = worst_cost_nano(SMALL_JOB, budget_model)
+    limit = one + one // 2  # nano-dollars: one small job, not two
+    set_limits(
+        budget_stack, user, tokens_per_day={"S": "unlimited"}, usd_per_month={"S": dollars(limit)}
+    )
+    usage = usage_of(user)
+    assert usage["day"]["budget"] is None, usage
+    assert usage["month"]["budget"] == {
+        "unit": "usd",
+        "limit": pytest.approx(limit / 1e9, abs=1e-15),
+        "left": pytest.approx(limit / 1e9, abs=1e-15),
+    }, usage
+    assert user.submit(SMALL_JOB).status_code == 202
+    asked_at = utc_now()
+    refused = user.submit(SMALL_JOB)
+    assert refused.status_code == 429, refused.text
+    month, next_month = month_of(asked_at)
+    assert error_of(refused) == {
+        "code": "budget_exceeded",
+        "message": f"This job could use up to ${dollars(one)}, more than is left of your "
+        f"monthly budget of ${dollars(limit)} for {month:%Y-%m}. You have used or reserved "
+        f"${dollars(one)} of it. It resets at {stamp(next_month)}.",
+    }
+    assert_retry_after_is_the_periods_end(refused, asked_at, next_month)
+    usage = usage_of(user)["month"]
+    assert (usage["jobs"], usage["reserved_usd"]) == (1, pytest.approx(one / 1e9, abs=1e-15))
+    assert usage["budget"]["left"] == pytest.approx((limit - one) / 1e9, abs=1e-15), usage
+
+
+# ---------------------------------------------------------------------------------------------
 # Every route: 401, 405, preflights
 # ---------------------------------------------------------------------------------------------
 
@@ -1255,6 +1897,7 @@ ROUTES = [
     ("GET", "/jobs"),
     ("GET", f"/jobs/{uuid.uuid4()}"),
     ("POST", f"/jobs/{uuid.uuid4()}/cancel"),
+    ("GET", "/usage"),
 ]
 
 
@@ -1303,6 +1946,8 @@ WRONG_METHODS = [
     ("GET", f"/jobs/{uuid.uuid4()}/cancel"),
     ("PUT", f"/jobs/{uuid.uuid4()}/cancel"),
     ("DELETE", f"/jobs/{uuid.uuid4()}/cancel"),
+    ("POST", "/usage"),
+    ("DELETE", "/usage"),
 ]
 
 
@@ -1320,6 +1965,8 @@ def test_a_method_a_path_does_not_answer_is_405_with_allow(demo, contract, metho
     assert method not in allowed
     if path.endswith("/cancel"):
         assert allowed == {"POST"}, f"Allow: {response.headers['Allow']}"
+    if path == "/usage":
+        assert allowed <= {"GET", "HEAD"}, f"Allow: {response.headers['Allow']}"
 
 
 @pytest.mark.parametrize(
@@ -1329,6 +1976,7 @@ def test_a_method_a_path_does_not_answer_is_405_with_allow(demo, contract, metho
         ("/jobs", "GET"),
         (f"/jobs/{uuid.uuid4()}", "GET"),
         (f"/jobs/{uuid.uuid4()}/cancel", "POST"),
+        ("/usage", "GET"),
     ],
     ids=route_id,
 )
