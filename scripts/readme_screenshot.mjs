@@ -1,5 +1,6 @@
 // Takes the README's picture of a job whose text is being written: the local stack with a
-// slow offline model, a finished job above, a running one halfway through its answer.
+// slow offline model and budgets, the user's usage against them, a finished job above, a
+// running one halfway through its answer.
 //
 //   node scripts/readme_screenshot.mjs        (writes docs/images/streaming-job.png)
 
@@ -7,7 +8,8 @@ import path from "node:path";
 import { launchChromium, root, signIn, startStack } from "../tests/e2e/local-stack.mjs";
 
 const output = path.join(root, "docs/images/streaming-job.png");
-const stack = await startStack(["--words-per-second", "8"]);
+const budgets = { BUDGET_TOKENS_PER_DAY: "5000", BUDGET_USD_PER_MONTH: "5" };
+const stack = await startStack(["--words-per-second", "8"], { env: budgets });
 const browser = await launchChromium();
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 860 }, colorScheme: "light" });
