@@ -138,8 +138,7 @@ impl<S: JobStore, A: ArtifactStore, R: Redelivery> Deliveries<'_, S, A, R> {
         let fail = Transition::Fail { lease, failure };
         match self.store.transition(id, &fail, Utc::now()).await {
             Ok(Transitioned::Done(job)) => {
-                let code = job.failure.as_ref().map(|failure| failure.code.as_str());
-                crate::metrics::job_finished(job.status.as_str(), code);
+                crate::metrics::job_ended(&job);
                 self.tidy(&job).await
             }
             Ok(Transitioned::Refused(current)) => self.lost(current).await,

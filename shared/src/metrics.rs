@@ -121,6 +121,12 @@ pub fn job_finished(status: &str, error_code: Option<&str>) {
     }
 }
 
+/// `job`'s ending, as [`job_finished`] counts it: its status, and its failure's code.
+pub fn job_ended(job: &crate::domain::Job) {
+    let code = job.failure.as_ref().map(|failure| failure.code.as_str());
+    job_finished(job.status.as_str(), code);
+}
+
 /// A repair by the recovery function, by `Action`: "requeued", "failed" or "dead_lettered".
 pub fn recovery(action: &str) {
     emit(|| Recovery {

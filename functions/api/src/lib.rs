@@ -157,9 +157,6 @@ async fn submission<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue>(
     api.check_quota(&caller, now).await?;
     let budget = api.budget_of(&caller.owner).await?;
     let worst_case = api.worst_case(&request, &budget)?;
-    if let Some(over) = OverBudget::alone(&budget, &worst_case, now) {
-        return Err(refused(&over, now));
-    }
     let job = Job::queued(
         caller.owner,
         request,
@@ -353,12 +350,7 @@ impl<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue> GenerateApi<S, Q>
                 .transition(job.id, &fail, (self.settings.clock)())
                 .await
             {
-                Ok(Transitioned::Done(failed)) => {
-                    metrics::job_finished(
-                        failed.status.as_str(),
-                        Some(FailureCode::EnqueueFailed.as_str()),
-                    );
-                }
+                Ok(Transitioned::Done(failed)) => metrics::job_ended(&failed),
                 Ok(Transitioned::Refused(_)) => {}
                 Err(cause) => error!(%cause, "could not mark the unqueued job failed"),
             }

@@ -265,8 +265,7 @@ impl<S: JobStore, A: ArtifactStore, Q: JobQueue, R: Redelivery> Recovery<S, A, Q
             Transitioned::Done(failed) => {
                 warn!(job_id = %id, attempts = job.attempts, "stranded job failed: no model calls left");
                 metrics::recovery("failed");
-                let code = failed.failure.as_ref().map(|failure| failure.code.as_str());
-                metrics::job_finished(failed.status.as_str(), code);
+                metrics::job_ended(&failed);
                 // Its message is lost, so no delivery will remove what its attempts left.
                 self.deliveries().tidy(&failed).await;
                 Repair::Failed

@@ -188,7 +188,7 @@ async fn cancel<S: JobStore>(
         {
             Transitioned::Done(job) => {
                 tracing::info!(job_id = %job.id, "job cancelled by its owner");
-                metrics::job_finished(job.status.as_str(), None);
+                metrics::job_ended(&job);
                 job
             }
             Transitioned::Refused(current) => current.ok_or_else(ApiError::job_not_found)?,

@@ -187,17 +187,18 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         };
         let latency = started.elapsed();
         let first_text = progress.first_text_at().map(|at| at - started);
+        if let Err(ModelError::Retryable(_)) = &reply {
+            metrics::model_throttled(&job.request.model);
+        }
         match reply {
             Ok(reply) => {
                 self.succeed(&delivery, &job, &lease.id, reply, (latency, first_text))
                     .await
             }
             Err(ModelError::Retryable(cause)) if job.attempts < self.settings.max_attempts => {
-                metrics::model_throttled(&job.request.model);
                 self.release(&delivery, &job, &lease.id, &cause).await
             }
             Err(ModelError::Retryable(cause)) => {
-                metrics::model_throttled(&job.request.model);
                 let message = format!(
                     "The model was unavailable on all {} calls; the last error was: {cause}",
                     job.attempts
@@ -343,7 +344,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                     latency_ms,
                     "job succeeded"
                 );
-                metrics::job_finished(succeeded.status.as_str(), None);
+                metrics::job_ended(&succeeded);
                 self.deliveries().tidy(&succeeded).await
             }
             Ok(Transitioned::Refused(Some(finished))) if finished.status.is_terminal() => {

@@ -65,6 +65,20 @@ impl DynamoJobStore {
 const TRANSACTION_TRIES: u32 = 8;
 
 impl DynamoJobStore {
+    /// The item under `key` (a job, a ledger, a user's limits), if there is one.
+    async fn read(&self, key: String, consistent: bool) -> Result<Option<Item>, Unavailable> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("job_id", s(key))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
+        Ok(output.item)
+    }
+
     /// The job's put and its reservation's ledger updates, as one transaction.
     async fn insert_reserving(
         &self,
@@ -72,6 +86,10 @@ impl DynamoJobStore {
         worst_case: &Amount,
         budget: &Budget,
     ) -> Result<Inserted, Unavailable> {
+        // A job that alone exceeds a limit never fits: refused without a write.
+        if let Some(over) = OverBudget::alone(budget, worst_case, job.created_at) {
+            return Ok(Inserted::OverBudget(over));
+        }
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(job_to_item(job)))
@@ -83,27 +101,16 @@ impl DynamoJobStore {
         for kind in PeriodKind::ALL {
             let period = Period::containing(kind, job.created_at);
             // Room for this job: the committed amount must be at most the limit less the job's
-            // worst case (a condition cannot add). A job that alone exceeds it never fits.
-            let room = match budget.limit(kind) {
-                Some(limit) => match limit.checked_sub(kind.measure(worst_case)) {
-                    Some(room) => Some(room),
-                    None => {
-                        return Ok(Inserted::OverBudget(OverBudget {
-                            period,
-                            limit,
-                            committed: None,
-                            needed: kind.measure(worst_case),
-                        }));
-                    }
-                },
-                None => None,
-            };
+            // worst case (a condition cannot add; the job alone fits, as checked above).
+            let room = budget
+                .limit(kind)
+                .map(|limit| limit.saturating_sub(kind.measure(worst_case)));
             let ledger = LedgerChange {
                 key: period.ledger_key(&job.owner),
                 expires_at: period.ledger_expires_at(),
                 jobs: 1,
                 settled_jobs: 0,
-                committed: worst_case.minus(&Amount::default()),
+                committed: worst_case.signed(),
                 charged: (0, 0),
                 usage: Usage::default(),
             };
@@ -325,16 +332,8 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, Unavailable> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("job_id", s(id.to_string()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
-        output.item.as_ref().map(item_to_job).transpose()
+        let item = self.read(id.to_string(), true).await?;
+        item.as_ref().map(item_to_job).transpose()
     }
 
     async fn list(
@@ -646,20 +645,10 @@ impl SubmissionQuota for DynamoJobStore {
 }
 
 impl UsageLedger for DynamoJobStore {
+    /// An eventually consistent read: an operator's change shows within a second or so.
     async fn budget_override(&self, owner: &Owner) -> Result<BudgetOverride, Unavailable> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("job_id", s(BudgetOverride::key(owner)))
-            .send()
-            .await
-            .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
-        Ok(output
-            .item
-            .as_ref()
-            .map(item_to_override)
-            .unwrap_or_default())
+        let item = self.read(BudgetOverride::key(owner), false).await?;
+        Ok(item.as_ref().map(item_to_override).unwrap_or_default())
     }
 
     /// One consistent read per period, at once (a batch read may leave keys unread).
@@ -669,16 +658,8 @@ impl UsageLedger for DynamoJobStore {
         periods: &[Period],
     ) -> Result<Vec<PeriodUsage>, Unavailable> {
         let reads = periods.iter().map(|period| async move {
-            let output = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key("job_id", s(period.ledger_key(owner)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
-            Ok(output.item.map_or_else(
+            let item = self.read(period.ledger_key(owner), true).await?;
+            Ok(item.map_or_else(
                 || PeriodUsage::empty(period.clone()),
                 |item| item_to_usage(&item, period.clone()),
             ))

@@ -168,12 +168,15 @@ impl Amount {
         }
     }
 
+    /// Tokens and nano-dollars as the signed change a ledger adds.
+    pub fn signed(&self) -> (i128, i128) {
+        (i128::from(self.tokens), i128::from(self.cost.0))
+    }
+
     /// `self - other`, as the signed change a ledger adds.
     pub fn minus(&self, other: &Amount) -> (i128, i128) {
-        (
-            i128::from(self.tokens) - i128::from(other.tokens),
-            i128::from(self.cost.0) - i128::from(other.cost.0),
-        )
+        let ((tokens, cost), (less_tokens, less_cost)) = (self.signed(), other.signed());
+        (tokens - less_tokens, cost - less_cost)
     }
 
     /// `self - other`, never below zero.
@@ -260,8 +263,7 @@ impl Settlement {
         if self.correcting {
             (committed, committed, 0)
         } else {
-            let charged = self.charged.minus(&Amount::default());
-            (committed, charged, 1)
+            (committed, self.charged.signed(), 1)
         }
     }
 }
