@@ -53,12 +53,21 @@ pub struct DynamoJobStore {
 
 impl DynamoJobStore {
     pub fn new(config: &SdkConfig, table: impl Into<String>) -> Self {
+        Self::with_client(Client::new(config), table)
+    }
+
+    /// On a client built elsewhere (with interceptors, say).
+    pub fn with_client(client: Client, table: impl Into<String>) -> Self {
         Self {
-            client: Client::new(config),
+            client,
             table: table.into(),
         }
     }
 }
+
+/// How often a settling transition is tried when its job changed between the read that priced
+/// it and the write (a flush under the same lease, say).
+const SETTLE_TRIES: usize = 4;
 
 /// How often a transaction that collided with another on the same ledger is tried (DynamoDB
 /// cancels one of two concurrent transactions on an item; the SDK does not retry that).
@@ -380,17 +389,34 @@ impl JobStore for DynamoJobStore {
         transition: &Transition,
         at: DateTime<Utc>,
     ) -> Result<Transitioned, Unavailable> {
-        let update = Update::of(transition, at);
         if transition.settles() {
-            // What it reserved never changes after the insert, so reading it first is safe.
-            let settlement = self
-                .get(id)
-                .await?
-                .and_then(|job| job.settlement(transition));
-            if let Some(settlement) = settlement {
-                return self.transition_settling(id, update, &settlement).await;
+            // The charge depends on the job as it is (its model calls, its text): it is
+            // computed from a read, and written on condition that the job is still as read
+            // (its `seq`); a job changed in between, and still admitted, is settled again.
+            let mut read = self.get(id).await?;
+            for _ in 0..SETTLE_TRIES {
+                let Some((job, settlement)) = read
+                    .as_ref()
+                    .and_then(|job| Some((job, job.settlement(transition)?)))
+                else {
+                    break; // no such job, or nothing reserved: a plain update
+                };
+                let update = Update::of(transition, at).unchanged_since(job.seq);
+                match self.transition_settling(id, update, &settlement).await? {
+                    Transitioned::Refused(Some(now)) if transition.guard(at).admits(&now) => {
+                        read = Some(now);
+                    }
+                    settled => return Ok(settled),
+                }
+            }
+            if read.as_ref().is_some_and(|job| job.reservation.is_some()) {
+                return Err(Unavailable::new(
+                    "DynamoDB",
+                    format!("job {id} kept changing while it was being settled"),
+                ));
             }
         }
+        let update = Update::of(transition, at);
         let result = self
             .client
             .update_item()
@@ -545,6 +571,15 @@ impl Update {
         }
         update.condition = update.guard(&transition.guard(at));
         update
+    }
+
+    /// The same update, on condition that the job's `seq` is still `seq`. Every guard is a
+    /// conjunction at its top (`Free` wraps its `OR`), and DynamoDB refuses redundant
+    /// parentheses, so the condition is simply extended.
+    fn unchanged_since(mut self, seq: u64) -> Self {
+        let (name, value) = (self.name("seq"), self.value(n(seq)));
+        self.condition = format!("{} AND {name} = {value}", self.condition);
+        self
     }
 
     fn name(&mut self, name: &str) -> String {
@@ -1006,15 +1041,22 @@ mod tests {
             },
         ];
         for transition in transitions {
-            let update = Update::of(&transition, at);
-            let text = format!("{} {}", update.expression, update.condition);
-            let used = |alias: &String| {
-                text.match_indices(alias.as_str()).any(|(i, _)| {
-                    !text[i + alias.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
-                })
-            };
-            for alias in update.names.keys().chain(update.values.keys()) {
-                assert!(used(alias), "{alias} unused by {transition:?}: {text}");
+            // Also as a settlement writes it: pinned to the `seq` it was priced at.
+            for update in [
+                Update::of(&transition, at),
+                Update::of(&transition, at).unchanged_since(7),
+            ] {
+                let text = format!("{} {}", update.expression, update.condition);
+                let used = |alias: &String| {
+                    text.match_indices(alias.as_str()).any(|(i, _)| {
+                        let rest = &text[i + alias.len()..];
+                        !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                    })
+                };
+                for alias in update.names.keys().chain(update.values.keys()) {
+                    assert!(used(alias), "{alias} unused by {transition:?}: {text}");
+                }
+                assert!(!update.condition.starts_with("(("), "redundant: {text}");
             }
         }
     }

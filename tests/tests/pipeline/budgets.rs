@@ -7,13 +7,19 @@ use std::time::Duration;
 
 use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use aws_lambda_events::http::Method;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
 use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_types::config_bag::ConfigBag;
 use chrono::{DateTime, Utc};
 use integration_tests::*;
+use pipeline::adapters::DynamoJobStore;
 use pipeline::domain::{
-    Amount, Budget, CallUsage, GenerateRequest, Job, JobId, JobStatus, Lease, NanoUsd, Owner,
-    PROMPT_OVERHEAD_TOKENS, Period, PeriodKind, PeriodUsage, PriceTable, Transition, Transitioned,
-    Usage,
+    Amount, Budget, CallUsage, FailureCode, GenerateRequest, Job, JobFailure, JobId, JobStatus,
+    Lease, LeaseId, NanoUsd, Owner, PROMPT_OVERHEAD_TOKENS, Period, PeriodKind, PeriodUsage,
+    PriceTable, Transition, Transitioned, Usage,
 };
 use pipeline::ports::{JobStore, UsageLedger};
 use serde_json::{Value, json};
@@ -517,4 +523,94 @@ async fn usage_is_the_callers_own_and_needs_an_identity() {
         .handle(request(Method::GET, "/usage", None, None))
         .await;
     assert_error(&anonymous, 401, "unauthorized");
+}
+
+/// Before the store's first transaction, the attempt holding the job flushes text, as a flush
+/// already on its way when the attempt fails lands between the store's read of the job and
+/// its write.
+#[derive(Debug)]
+struct FlushBeforeTheTransaction {
+    store: DynamoJobStore,
+    job: JobId,
+    lease: LeaseId,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Intercept for FlushBeforeTheTransaction {
+    fn name(&self) -> &'static str {
+        "FlushBeforeTheTransaction"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let transaction = context
+            .input()
+            .downcast_ref::<TransactWriteItemsInput>()
+            .is_some();
+        if !transaction || self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let flush = Transition::Flush {
+            lease: self.lease.clone(),
+            output: "Once upon".into(),
+        };
+        // The hook is synchronous: the flush runs on a runtime of its own, and is waited for.
+        let (store, job) = (self.store.clone(), self.job);
+        let flushed = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(store.transition(job, &flush, Utc::now()))
+        })
+        .join()
+        .unwrap()?;
+        assert!(matches!(flushed, Transitioned::Done(_)), "{flushed:?}");
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failure_is_charged_for_the_job_as_it_is_when_it_ends_not_as_it_was_read() {
+    let stack = Stack::new().await;
+    let job = reserved_job(&stack, "raced", Utc::now()).await;
+    let lease = Lease::new(Utc::now() + chrono::Duration::seconds(60));
+    let start = Transition::Start {
+        lease: lease.clone(),
+        max_attempts: MAX_ATTEMPTS,
+    };
+    stack
+        .store()
+        .transition(job.id, &start, Utc::now())
+        .await
+        .unwrap();
+    let interceptor = FlushBeforeTheTransaction {
+        store: stack.store(),
+        job: job.id,
+        lease: lease.id.clone(),
+        done: false.into(),
+    };
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&stack.aws)
+            .interceptor(interceptor)
+            .build(),
+    );
+    let store = DynamoJobStore::with_client(client, &stack.resources.table);
+
+    // The model stopped answering on the last call, after it had written text.
+    let fail = Transition::Fail {
+        lease: Some(lease.id),
+        failure: JobFailure::new(FailureCode::ModelUnavailable, "throttled"),
+    };
+    let failed = store.transition(job.id, &fail, Utc::now()).await.unwrap();
+    let Transitioned::Done(failed) = failed else {
+        panic!("failed: {failed:?}");
+    };
+    assert_eq!(failed.partial_output.as_deref(), Some("Once upon"));
+    let day = ledger(&stack, "raced", PeriodKind::Day).await;
+    assert_eq!(day.settled_jobs, 1);
+    assert_eq!(
+        day.charged.tokens, WORST_CASE,
+        "the model wrote text: its use is unknown, so its worst case"
+    );
 }
