@@ -13,12 +13,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Artifact, Budget, BudgetOverride, Job, JobId, Owner, Period, PeriodKind, PeriodUsage,
-    Transition, Transitioned, format_timestamp,
+    Artifact, Budget, BudgetOverride, Job, JobId, LeaseId, Owner, Period, PeriodKind, PeriodUsage,
+    Revision, TextPiece, Transition, Transitioned, format_timestamp,
 };
 use crate::ports::{
-    ArtifactStore, Inserted, JobQueue, JobStore, ModelError, ModelReply, ModelRequest, Page,
-    PageCursor, Progress, Redelivery, TextModel, Unavailable, UsageLedger,
+    ArtifactStore, Flushed, Inserted, JobQueue, JobStore, ModelError, ModelReply, ModelRequest,
+    Page, PageCursor, Progress, Redelivery, TextModel, Unavailable, UsageLedger,
 };
 
 /// A poisoned lock only means that another test thread panicked; the data is still usable.
@@ -205,6 +205,29 @@ impl JobStore for InMemoryJobStore {
     async fn get(&self, id: JobId) -> Result<Option<Job>, Unavailable> {
         self.check(StoreOp::Get)?;
         Ok(self.job(id))
+    }
+
+    async fn revision(&self, id: JobId) -> Result<Option<Revision>, Unavailable> {
+        self.check(StoreOp::Get)?;
+        Ok(self.job(id).map(|job| job.revision()))
+    }
+
+    async fn flush(
+        &self,
+        id: JobId,
+        lease: &LeaseId,
+        piece: &TextPiece,
+        at: DateTime<Utc>,
+    ) -> Result<Flushed, Unavailable> {
+        let flush = Transition::Flush {
+            lease: lease.clone(),
+            piece: piece.clone(),
+        };
+        self.check(StoreOp::of(&flush))?;
+        Ok(match self.apply(id, &flush, at) {
+            Transitioned::Done(_) => Flushed::Kept,
+            Transitioned::Refused(current) => Flushed::Lost(current.map(Box::new)),
+        })
     }
 
     /// Newest first by `created_at` (then id, for a stable order), as the owner index sorts.

@@ -8,8 +8,8 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Artifact, Budget, BudgetOverride, Job, JobId, OverBudget, Owner, Period, PeriodUsage,
-    RateWindow, Transition, Transitioned, Usage,
+    Artifact, Budget, BudgetOverride, Job, JobId, LeaseId, OverBudget, Owner, Period, PeriodUsage,
+    RateWindow, Revision, TextPiece, Transition, Transitioned, Usage,
 };
 
 /// A dependency that did not answer as it should. The caller sees `503` (API) or the
@@ -66,6 +66,19 @@ impl Page {
     }
 }
 
+/// What became of a flush of an attempt's text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Flushed {
+    /// The piece is part of the job's text; the attempt still holds the job.
+    Kept,
+    /// The attempt no longer holds the job: the job as it is (`None`: there is no such job).
+    Lost(Option<Box<Job>>),
+}
+
+/// The jobs. A job is kept as a small record of its state beside what never changes (its
+/// request) and its text in pieces, so that a change of state, a flush or a poll costs
+/// DynamoDB the size of the state, not of the prompt and the answer. Every job it answers
+/// is whole: state, request and text.
 pub trait JobStore: Send + Sync {
     /// Writes a new job and counts its reservation (if it has one) in its owner's ledgers of
     /// the day and month, all at once; nothing is written if a job with its id exists, or if
@@ -78,6 +91,25 @@ pub trait JobStore: Send + Sync {
     ) -> impl Future<Output = Result<Inserted, Unavailable>> + Send;
 
     fn get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, Unavailable>> + Send;
+
+    /// How far the job has come (`None`: no such job), for readers that wait for a change:
+    /// a read of its small state only, eventually consistent (a change shows within about
+    /// a second, usually at once).
+    fn revision(
+        &self,
+        id: JobId,
+    ) -> impl Future<Output = Result<Option<Revision>, Unavailable>> + Send;
+
+    /// Adds `piece` to the text of the attempt holding `lease`: [`Transition::Flush`],
+    /// answering without the whole job when it is applied, since the attempt streaming it
+    /// has no use for it.
+    fn flush(
+        &self,
+        id: JobId,
+        lease: &LeaseId,
+        piece: &TextPiece,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Flushed, Unavailable>> + Send;
 
     /// The owner's jobs, newest first, at most `limit`, after `after`.
     fn list(

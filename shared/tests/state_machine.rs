@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration, Utc};
 use pipeline::domain::{
     CallUsage, Completion, FailureCode, GenerateRequest, Guard, Job, JobFailure, JobStatus, Lease,
-    LeaseId, Owner, Transition, Usage,
+    LeaseId, Owner, TextPiece, Transition, Usage,
 };
 
 fn at() -> DateTime<Utc> {
@@ -39,6 +39,13 @@ fn succeed(lease: &LeaseId) -> Transition {
             usage: Usage::default(),
             artifact_key: "k".into(),
             cost: None,
+        },
+        tail: TextPiece {
+            attempt: 1,
+            index: 0,
+            offset: 0,
+            text: "text".into(),
+            expires_at: 0,
         },
     }
 }
@@ -202,7 +209,13 @@ fn every_applied_transition_is_an_allowed_move() {
         },
         Transition::Flush {
             lease: live.id.clone(),
-            output: "so far".into(),
+            piece: TextPiece {
+                attempt: 1,
+                index: 0,
+                offset: 0,
+                text: "so far".into(),
+                expires_at: 0,
+            },
         },
         Transition::RecordUsage {
             used: CallUsage {

@@ -338,6 +338,32 @@ impl Stack {
     }
 
     /// The raw DynamoDB item of a job.
+    /// The job as the store reads it: its state, request and text joined.
+    pub async fn job(&self, job_id: &str) -> Option<pipeline::domain::Job> {
+        let id = pipeline::domain::JobId::parse(job_id).unwrap();
+        pipeline::ports::JobStore::get(&self.store(), id)
+            .await
+            .unwrap()
+    }
+
+    /// The text a job's record holds: its answer, or what its attempt flushed.
+    pub async fn text_of(&self, job_id: &str) -> Option<String> {
+        let job = self.job(job_id).await?;
+        job.completion
+            .map(|done| done.output)
+            .or(job.partial_output)
+    }
+
+    /// The item holding a job's request, the one its state names (`request_digest`).
+    pub async fn request_item(
+        &self,
+        job_id: &str,
+    ) -> Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        let state = self.item(job_id).await?;
+        let digest = state.get("request_digest")?.as_s().ok()?;
+        self.item(&format!("{job_id}#request#{digest}")).await
+    }
+
     pub async fn item(
         &self,
         job_id: &str,

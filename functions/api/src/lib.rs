@@ -13,7 +13,8 @@ use chrono::{DateTime, Duration, Utc};
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
     Amount, Budget, ErrorCode, FailureCode, GenerateRequest, IdempotencyKey, Job, JobFailure,
-    JobId, JobStatus, Limits, OverBudget, Owner, PriceTable, RateWindow, Transition, Transitioned,
+    JobId, JobStatus, Limits, OverBudget, Owner, PriceTable, RateWindow, Revision, Transition,
+    Transitioned,
 };
 use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView, SubmittedJob, TextBody};
 use pipeline::long_poll;
@@ -243,11 +244,11 @@ impl<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue> GenerateApi<S, Q>
         let Some(seconds) = wait else {
             return Ok(accepted(status, &job));
         };
-        let finished = |job: &Job| job.status.is_terminal();
+        let finished = |revision: &Revision| revision.status.is_terminal();
         let left = std::time::Duration::from_secs(PREFER_WAIT_MAX_SECONDS)
             .saturating_sub(started.elapsed());
         let wait = std::time::Duration::from_secs(seconds).min(left);
-        let waited = if finished(&job) {
+        let waited = if finished(&job.revision()) {
             Some(job.clone())
         } else {
             long_poll::wait_for(&self.store, job.id, wait, finished)
@@ -260,7 +261,7 @@ impl<S: JobStore + SubmissionQuota + UsageLedger, Q: JobQueue> GenerateApi<S, Q>
                 })
         };
         match waited {
-            Some(done) if finished(&done) => Ok((
+            Some(done) if finished(&done.revision()) => Ok((
                 StatusCode::OK,
                 [
                     (LOCATION, http::location(&done)),

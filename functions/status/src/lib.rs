@@ -12,7 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use pipeline::config::{ConfigError, Env};
 use pipeline::domain::{
-    Budget, Job, JobId, JobStatus, Period, PeriodKind, Transition, Transitioned, parse_timestamp,
+    Budget, Job, JobId, JobStatus, Period, PeriodKind, Revision, Transition, Transitioned,
+    parse_timestamp,
 };
 use pipeline::http::{self, ApiError, Caller, HttpSettings, JobView, UsageView};
 use pipeline::long_poll;
@@ -136,8 +137,9 @@ async fn job<S: JobStore>(
         || "Query parameter after must be a seq this API returned (a whole number), or -1.".into(),
     )?;
     let job = status.own_job(&caller, &id).await?;
-    let changed = |job: &Job| job.seq as i64 > after || job.status.is_terminal();
-    let job = if wait == 0 || changed(&job) {
+    let changed =
+        |revision: &Revision| revision.seq as i64 > after || revision.status.is_terminal();
+    let job = if wait == 0 || changed(&job.revision()) {
         job
     } else {
         let wait = std::time::Duration::from_secs(wait);

@@ -17,10 +17,12 @@ use pipeline::delivery::{self, Deliveries, Outcome};
 use pipeline::domain::{
     Artifact, ArtifactResponse, CallUsage, Completion, FailureCode, Job, JobFailure, JobId,
     JobStatus, Lease, LeaseId, NanoUsd, PriceTable, TokenCounts, Transition, Transitioned, Usage,
+    Written,
 };
 use pipeline::metrics;
 use pipeline::ports::{
-    ArtifactStore, JobStore, ModelError, ModelReply, ModelRequest, Progress, Redelivery, TextModel,
+    ArtifactStore, Flushed, JobStore, ModelError, ModelReply, ModelRequest, Progress, Redelivery,
+    TextModel,
 };
 use tracing::{info, warn};
 
@@ -43,7 +45,8 @@ pub struct Settings {
     /// The first retry's delay; each further one doubles it, up to `retry_cap`, with jitter.
     pub retry_base: Duration,
     pub retry_cap: Duration,
-    /// The least time between two flushes of a streaming answer into the job.
+    /// The least time between two flushes of a streaming answer into the job: how much of
+    /// its text a crash may lose, and how often a long-poll sees it grow.
     pub stream_flush: Duration,
     /// What each model's tokens cost: a succeeded job records its cost.
     pub prices: Arc<PriceTable>,
@@ -69,14 +72,11 @@ impl Settings {
             write_reserve: Duration::from_secs(5),
             retry_base: Duration::from_secs(env.positive("RETRY_BASE_SECONDS", 2)?),
             retry_cap: Duration::from_secs(env.positive("RETRY_MAX_SECONDS", 60)?),
-            stream_flush: Duration::from_millis(env.positive("STREAM_FLUSH_MS", 250)?),
+            stream_flush: Duration::from_millis(env.positive("STREAM_FLUSH_MS", 2000)?),
             prices: Arc::new(env.prices()?),
         })
     }
 }
-
-/// A flush's pause grows by one `stream_flush` per this much text written (8 KiB).
-const FLUSH_PAUSE_GROWS_PER_BYTES: f64 = 8192.0;
 
 /// How long a retry waits after `attempts` model calls: doubling from `base`, at most `cap`,
 /// and spread over its upper half by `jitter` (0 to 1) so that throttled jobs do not all
@@ -177,22 +177,33 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
 
         let started = Instant::now();
         let (progress, text) = Progress::channel();
+        let flusher = self.flush_while_streaming(&job, &lease.id, text);
+        tokio::pin!(flusher);
         let reply = tokio::select! {
             reply = self.generate(&job, delivery.deadline, &progress) => reply,
-            current = self.flush_while_streaming(job.id, &lease.id, text) => {
+            ended = &mut flusher => {
+                // While the call runs, the flusher ends only when the attempt lost the job.
                 // Dropping the call stops its stream: nothing of this attempt is written
                 // any more, and the job keeps its last flush.
-                return self.deliveries().lost(current).await;
+                return self.deliveries().lost(ended.err().flatten()).await;
             }
         };
         let latency = started.elapsed();
         let first_text = progress.first_text_at().map(|at| at - started);
+        // The text is complete: the flusher ends once its flush in flight (if any) has
+        // landed, so that no write of it can land after the outcome's.
+        drop(progress);
+        let written = match flusher.await {
+            Ok(written) => written,
+            Err(current) => return self.deliveries().lost(current).await,
+        };
         if let Err(ModelError::Retryable(_)) = &reply {
             metrics::model_throttled(&job.request.model);
         }
         match reply {
             Ok(reply) => {
-                self.succeed(&delivery, &job, &lease.id, reply, (latency, first_text))
+                let call = (latency, first_text);
+                self.succeed(&delivery, &job, &lease.id, &written, reply, call)
                     .await
             }
             Err(ModelError::Retryable(cause)) if job.attempts < self.settings.max_attempts => {
@@ -205,51 +216,52 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
                 );
                 let failure = JobFailure::new(FailureCode::ModelUnavailable, message);
                 self.deliveries()
-                    .fail(job.id, Some(lease.id), failure)
+                    .fail(job.id, Some(lease.id.clone()), failure)
                     .await
             }
             Err(ModelError::Permanent(cause)) => {
                 let failure = JobFailure::new(FailureCode::ModelError, cause);
                 self.deliveries()
-                    .fail(job.id, Some(lease.id), failure)
+                    .fail(job.id, Some(lease.id.clone()), failure)
                     .await
             }
         }
     }
 
-    /// Writes the text so far into the job whenever it has grown, at most once per
-    /// `stream_flush`, each write conditional on the lease. Each write costs DynamoDB the
-    /// whole record, so the pause grows with the text (one more `stream_flush` per 8 KiB
-    /// written): a long answer's writes grow with its length, not with its square. Returns
-    /// only when a flush is refused: the attempt lost the job (`None`: the job is gone).
+    /// Adds the text the model wrote since the last flush to the job, at the first text and
+    /// then at most once per `stream_flush`, each write conditional on the lease. Each flush
+    /// writes only what is new, so a job's writes grow with its answer, not with how often it
+    /// is flushed. Ends when the call's text is complete (its sender dropped), with what the
+    /// job holds of this attempt's text; or when a flush is refused: the attempt lost the job
+    /// (`None`: the job is gone).
     async fn flush_while_streaming(
         &self,
-        job_id: JobId,
+        job: &Job,
         lease: &LeaseId,
         mut text: tokio::sync::watch::Receiver<String>,
-    ) -> Option<Job> {
+    ) -> Result<Written, Option<Job>> {
+        let mut written = Written::default();
         let mut next_flush: Option<Instant> = None;
         loop {
-            if text.changed().await.is_err() {
-                // The call is over; the caller is about to drop this.
-                std::future::pending::<()>().await;
+            // A call that has ended leaves its last text to the outcome's write.
+            if text.changed().await.is_err() || text.has_changed().is_err() {
+                return Ok(written);
             }
-            if let Some(next) = next_flush {
-                tokio::time::sleep_until(next.into()).await;
+            // The pause between flushes, cut short when the call ends: what is left is the
+            // outcome's to write.
+            while let Some(next) = next_flush.filter(|next| *next > Instant::now()) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next.into()) => break,
+                    changed = text.changed() => if changed.is_err() {
+                        return Ok(written);
+                    },
+                }
             }
-            let output = text.borrow_and_update().clone();
-            let pause = self
-                .settings
-                .stream_flush
-                .mul_f64(1.0 + output.len() as f64 / FLUSH_PAUSE_GROWS_PER_BYTES);
-            next_flush = Some(Instant::now() + pause);
-            let flush = Transition::Flush {
-                lease: lease.clone(),
-                output,
-            };
-            match self.store.transition(job_id, &flush, Utc::now()).await {
-                Ok(Transitioned::Done(_)) => {}
-                Ok(Transitioned::Refused(current)) => return current,
+            next_flush = Some(Instant::now() + self.settings.stream_flush);
+            let piece = written.piece_for(job, &text.borrow_and_update());
+            match self.store.flush(job.id, lease, &piece, Utc::now()).await {
+                Ok(Flushed::Kept) => written = written.with(&piece),
+                Ok(Flushed::Lost(current)) => return Err(current.map(|job| *job)),
                 Err(cause) => warn!(%cause, "could not flush the text so far; the next flush will"),
             }
         }
@@ -293,6 +305,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         delivery: &Delivery<'_>,
         job: &Job,
         lease: &LeaseId,
+        written: &Written,
         reply: ModelReply,
         (latency, first_text): (Duration, Option<Duration>),
     ) -> Outcome {
@@ -327,6 +340,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         }
         let succeed = Transition::Succeed {
             lease: lease.clone(),
+            tail: written.piece_for(job, &artifact.response.text),
             completion: Completion {
                 output: artifact.response.text,
                 stop_reason: artifact.response.stop_reason,

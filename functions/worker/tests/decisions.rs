@@ -11,13 +11,13 @@ use chrono::{DateTime, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pipeline::domain::{
     Budget, Completion, FailureCode, GenerateRequest, Job, JobFailure, JobId, JobStatus, Lease,
-    NanoUsd, Owner, Transition, Transitioned, Usage,
+    LeaseId, NanoUsd, Owner, Revision, TextPiece, Transition, Transitioned, Usage,
 };
 use pipeline::fakes::{
     InMemoryArtifacts, InMemoryJobStore, RecordedRedelivery, ScriptedModel, StoreOp, model_reply,
 };
 use pipeline::ports::{
-    Inserted, JobStore, ModelError, ModelRequest, Page, PageCursor, Unavailable,
+    Flushed, Inserted, JobStore, ModelError, ModelRequest, Page, PageCursor, Unavailable,
 };
 use worker::{Settings, Worker};
 
@@ -832,6 +832,20 @@ impl JobStore for LeaseEndsDuringTheRefusal {
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, Unavailable> {
         self.0.get(id).await
+    }
+
+    async fn revision(&self, id: JobId) -> Result<Option<Revision>, Unavailable> {
+        self.0.revision(id).await
+    }
+
+    async fn flush(
+        &self,
+        id: JobId,
+        lease: &LeaseId,
+        piece: &TextPiece,
+        at: DateTime<Utc>,
+    ) -> Result<Flushed, Unavailable> {
+        self.0.flush(id, lease, piece, at).await
     }
 
     async fn list(

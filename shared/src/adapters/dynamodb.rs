@@ -7,20 +7,21 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, CancellationReason, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update as UpdateOp,
+    AttributeValue, CancellationReason, KeysAndAttributes, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update as UpdateOp,
 };
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 
 use super::describe;
 use crate::domain::{
     Amount, Budget, BudgetOverride, CallUsage, Completion, GenerateRequest, Guard, IdempotencyKey,
     Job, JobFailure, JobId, JobStatus, Lease, LeaseId, NanoUsd, OverBudget, Owner, Period,
-    PeriodKind, PeriodUsage, RateWindow, Settlement, Transition, Transitioned, Usage,
-    format_timestamp, parse_timestamp,
+    PeriodKind, PeriodUsage, RateWindow, Revision, Settlement, TextPiece, Transition, Transitioned,
+    Usage, format_timestamp, parse_timestamp,
 };
 use crate::ports::{
-    Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable, UsageLedger,
+    Flushed, Inserted, JobStore, Page, PageCursor, SubmissionQuota, Unavailable, UsageLedger,
 };
 
 /// The owner index of the contract: partition key `owner`, sort key `created_at`.
@@ -42,6 +43,49 @@ const UNFINISHED_SHARDS: [&str; 16] = [
 ];
 
 type Item = HashMap<String, AttributeValue>;
+
+/// A job is three kinds of item, so that what changes often is small. DynamoDB charges a
+/// write by the whole item it touches (twice in a transaction) and a read by the whole item it
+/// reads, so the state (status, lease, counters) is kept apart from what never changes and
+/// from what grows:
+/// - the state, under the job id: every transition, flush and poll touches only it;
+/// - the request (`prompt`, `system`), written once under a key of its own content
+///   ([`request_key`]), so that a repeat with the same `Idempotency-Key` and another body can
+///   never change the original job's request;
+/// - the text, in the pieces each flush adds ([`piece_key`]); the state names how many of the
+///   current attempt's pieces there are (`text_parts`) and how long they are together
+///   (`text_bytes`).
+///
+/// The request and the pieces are written before the state that names them, carry the job's
+/// `expires_at` (TTL), and have neither `owner` nor `unfinished`, so neither index sees them.
+/// Records written before this layout hold `prompt`, `system` and `output` in the state
+/// item; they are read as they are.
+fn request_key(id: JobId, digest: &str) -> String {
+    format!("{id}#request#{digest}")
+}
+
+fn piece_key(id: JobId, attempt: u32, index: u32) -> String {
+    format!("{id}#text#{attempt}#{index}")
+}
+
+/// 16 hex digits of SHA-256 over what the request item holds.
+fn request_digest(request: &GenerateRequest) -> String {
+    let digest = Sha256::new()
+        .chain_update(request.prompt.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(request.system.as_deref().unwrap_or_default().as_bytes())
+        .finalize();
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// BatchGetItem reads at most this many keys a call.
+const BATCH_READ_KEYS: usize = 100;
+
+/// How often keys that BatchGetItem left unprocessed (throttling) are asked again.
+const BATCH_READ_TRIES: u32 = 5;
 
 /// The jobs table on DynamoDB. Every status change is a conditional update, so the table
 /// itself enforces the state machine even when several workers race.
@@ -88,6 +132,128 @@ impl DynamoJobStore {
         Ok(output.item)
     }
 
+    /// The items under `keys` that exist. Eventually consistent first (half the read units),
+    /// then, for the keys not found, strongly consistent: the items read here never change
+    /// once written, and are written before the state that names them, so a key a consistent
+    /// read does not find is missing for good.
+    async fn read_many(&self, keys: Vec<String>) -> Result<HashMap<String, Item>, Unavailable> {
+        let mut found = self.batch_read(&keys, false).await?;
+        let missing: Vec<String> = keys
+            .into_iter()
+            .filter(|key| !found.contains_key(key))
+            .collect();
+        if !missing.is_empty() {
+            found.extend(self.batch_read(&missing, true).await?);
+        }
+        Ok(found)
+    }
+
+    async fn batch_read(
+        &self,
+        keys: &[String],
+        consistent: bool,
+    ) -> Result<HashMap<String, Item>, Unavailable> {
+        let failed = |error: String| Unavailable::new("DynamoDB BatchGetItem", error);
+        let mut found = HashMap::new();
+        for group in keys.chunks(BATCH_READ_KEYS) {
+            let keys = group
+                .iter()
+                .map(|key| HashMap::from([("job_id".to_owned(), s(key))]))
+                .collect();
+            let mut request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(consistent)
+                .build()
+                .map_err(|error| failed(error.to_string()))?;
+            for tries in 1.. {
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|error| failed(describe(&error)))?;
+                for item in output
+                    .responses
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|(_, items)| items)
+                {
+                    if let Some(key) = Record(&item).text("job_id") {
+                        found.insert(key.to_owned(), item);
+                    }
+                }
+                match output
+                    .unprocessed_keys
+                    .and_then(|mut left| left.remove(&self.table))
+                {
+                    Some(left) if tries < BATCH_READ_TRIES => {
+                        request = left;
+                        tokio::time::sleep(Duration::from_millis(25 << tries)).await;
+                    }
+                    Some(_) => return Err(failed("keys were left unprocessed".into())),
+                    None => break,
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whole jobs from their state items: their requests and (`with_text`) their text read
+    /// at once.
+    async fn whole(&self, states: Vec<Item>, with_text: bool) -> Result<Vec<Job>, Unavailable> {
+        let keys = states
+            .iter()
+            .flat_map(|state| beside_keys(state, with_text))
+            .collect::<Vec<_>>();
+        let beside = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            self.read_many(keys).await?
+        };
+        states
+            .iter()
+            .map(|state| item_to_job(state, &beside, with_text))
+            .collect()
+    }
+
+    async fn whole_one(&self, state: Option<Item>) -> Result<Option<Job>, Unavailable> {
+        let Some(state) = state else { return Ok(None) };
+        Ok(self.whole(vec![state], true).await?.pop())
+    }
+
+    /// Writes a piece of an attempt's text (nothing for an empty one), before the state that
+    /// will name it. Unconditional: its key is the attempt's own, and a piece no state names
+    /// is never read.
+    async fn put_piece(&self, id: JobId, piece: &TextPiece) -> Result<(), Unavailable> {
+        if piece.text.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("job_id", s(piece_key(id, piece.attempt, piece.index)))
+            .item("text", s(&piece.text))
+            .item("expires_at", n(piece.expires_at))
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB PutItem", describe(&error)))?;
+        Ok(())
+    }
+
+    /// The job's request, under a key of its content. Unconditional: the same request writes
+    /// the same item, another request another item.
+    async fn put_request(&self, job: &Job) -> Result<(), Unavailable> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(request_to_item(job)))
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB PutItem", describe(&error)))?;
+        Ok(())
+    }
+
     /// The job's put and its reservation's ledger updates, as one transaction.
     async fn insert_reserving(
         &self,
@@ -95,10 +261,6 @@ impl DynamoJobStore {
         worst_case: &Amount,
         budget: &Budget,
     ) -> Result<Inserted, Unavailable> {
-        // A job that alone exceeds a limit never fits: refused without a write.
-        if let Some(over) = OverBudget::alone(budget, worst_case, job.created_at) {
-            return Ok(Inserted::OverBudget(over));
-        }
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(job_to_item(job)))
@@ -201,10 +363,13 @@ impl DynamoJobStore {
     /// its settlement, as one transaction.
     async fn transition_settling(
         &self,
-        id: JobId,
-        update: Update,
+        job: &Job,
+        transition: &Transition,
+        at: DateTime<Utc>,
         settlement: &Settlement,
     ) -> Result<Transitioned, Unavailable> {
+        let id = job.id;
+        let update = Update::of(transition, at).unchanged_since(job.seq);
         let job_update = UpdateOp::builder()
             .table_name(&self.table)
             .key("job_id", s(id.to_string()))
@@ -230,15 +395,18 @@ impl DynamoJobStore {
             items.push(change.update(&self.table, None)?);
         }
         match self.transact(items).await? {
-            // A terminal job never changes again: read now, it is what was written.
-            None => self
-                .get(id)
-                .await?
-                .map(Transitioned::Done)
-                .ok_or_else(|| Unavailable::new("DynamoDB", format!("job {id} vanished"))),
+            // Written on condition that the job was still as read: it is now what the
+            // transition makes of it.
+            None => match job.apply(transition, at) {
+                Some(done) => Ok(Transitioned::Done(done)),
+                None => Err(Unavailable::new(
+                    "DynamoDB",
+                    format!("job {id} was changed by a transition its guard refuses"),
+                )),
+            },
             Some(reasons) => {
-                let job = reasons.first().and_then(CancellationReason::item);
-                Ok(Transitioned::Refused(job.map(item_to_job).transpose()?))
+                let job = reasons.first().and_then(CancellationReason::item).cloned();
+                Ok(Transitioned::Refused(self.whole_one(job).await?))
             }
         }
     }
@@ -322,6 +490,13 @@ fn failed_condition(reason: Option<&CancellationReason>) -> bool {
 
 impl JobStore for DynamoJobStore {
     async fn insert(&self, job: &Job, budget: &Budget) -> Result<Inserted, Unavailable> {
+        // A job that alone exceeds a limit never fits: refused without a write.
+        let alone = |worst_case| OverBudget::alone(budget, worst_case, job.created_at);
+        if let Some(over) = job.reservation.as_ref().and_then(alone) {
+            return Ok(Inserted::OverBudget(over));
+        }
+        // The request first: the state, once written, names it.
+        self.put_request(job).await?;
         if let Some(worst_case) = &job.reservation {
             return self.insert_reserving(job, worst_case, budget).await;
         }
@@ -341,8 +516,74 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, Unavailable> {
-        let item = self.read(id.to_string(), true).await?;
-        item.as_ref().map(item_to_job).transpose()
+        let state = self.read(id.to_string(), true).await?;
+        self.whole_one(state).await
+    }
+
+    async fn revision(&self, id: JobId) -> Result<Option<Revision>, Unavailable> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .projection_expression("#seq, #status")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_names("#status", "status")
+            .send()
+            .await
+            .map_err(|error| Unavailable::new("DynamoDB GetItem", describe(&error)))?;
+        let Some(item) = output.item else {
+            return Ok(None);
+        };
+        let record = Record(&item);
+        let status = record.text("status").and_then(JobStatus::parse);
+        let seq = record.number::<u64>("seq").ok().flatten();
+        match (status, seq) {
+            (Some(status), seq) => Ok(Some(Revision {
+                seq: seq.unwrap_or(0),
+                status,
+            })),
+            _ => Err(Unavailable::new(
+                "DynamoDB",
+                format!("job record {id} is malformed: status is missing or unknown"),
+            )),
+        }
+    }
+
+    async fn flush(
+        &self,
+        id: JobId,
+        lease: &LeaseId,
+        piece: &TextPiece,
+        at: DateTime<Utc>,
+    ) -> Result<Flushed, Unavailable> {
+        self.put_piece(id, piece).await?;
+        let flush = Transition::Flush {
+            lease: lease.clone(),
+            piece: piece.clone(),
+        };
+        let update = Update::of(&flush, at);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .update_expression(update.expression)
+            .condition_expression(update.condition)
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Flushed::Kept),
+            Err(error) => match error.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(refusal) => Ok(Flushed::Lost(
+                    self.whole_one(refusal.item).await?.map(Box::new),
+                )),
+                other => Err(Unavailable::new("DynamoDB UpdateItem", describe(&other))),
+            },
+        }
     }
 
     async fn list(
@@ -374,12 +615,10 @@ impl JobStore for DynamoJobStore {
             .await
             .map_err(|error| Unavailable::new("DynamoDB Query", describe(&error)))?;
         let more_in_table = output.last_evaluated_key.is_some();
-        let jobs = output
-            .items
-            .unwrap_or_default()
-            .iter()
-            .map(item_to_job)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut states = output.items.unwrap_or_default();
+        states.truncate(limit + 1);
+        // A list shows no text: the requests only.
+        let jobs = self.whole(states, false).await?;
         Ok(Page::of(jobs, limit, more_in_table))
     }
 
@@ -389,6 +628,20 @@ impl JobStore for DynamoJobStore {
         transition: &Transition,
         at: DateTime<Utc>,
     ) -> Result<Transitioned, Unavailable> {
+        match transition {
+            Transition::Flush { lease, piece } => {
+                return Ok(match self.flush(id, lease, piece, at).await? {
+                    Flushed::Kept => match self.get(id).await? {
+                        Some(job) => Transitioned::Done(job),
+                        None => Transitioned::Refused(None),
+                    },
+                    Flushed::Lost(job) => Transitioned::Refused(job.map(|job| *job)),
+                });
+            }
+            // The answer's last piece, before the state that names it.
+            Transition::Succeed { tail, .. } => self.put_piece(id, tail).await?,
+            _ => {}
+        }
         if transition.settles() {
             // The charge depends on the job as it is (its model calls, its text): it is
             // computed from a read, and written on condition that the job is still as read
@@ -401,8 +654,10 @@ impl JobStore for DynamoJobStore {
                 else {
                     break; // no such job, or nothing reserved: a plain update
                 };
-                let update = Update::of(transition, at).unchanged_since(job.seq);
-                match self.transition_settling(id, update, &settlement).await? {
+                match self
+                    .transition_settling(job, transition, at, &settlement)
+                    .await?
+                {
                     Transitioned::Refused(Some(now)) if transition.guard(at).admits(&now) => {
                         read = Some(now);
                     }
@@ -432,14 +687,15 @@ impl JobStore for DynamoJobStore {
             .send()
             .await;
         match result {
-            Ok(output) => Ok(Transitioned::Done(item_to_job(
-                output.attributes.as_ref().unwrap_or(&Item::new()),
-            )?)),
-            Err(error) => match error.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(refusal)) => Ok(
-                    Transitioned::Refused(refusal.item.as_ref().map(item_to_job).transpose()?),
-                ),
-                _ => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
+            Ok(output) => match self.whole_one(output.attributes).await? {
+                Some(job) => Ok(Transitioned::Done(job)),
+                None => Err(Unavailable::new("DynamoDB UpdateItem", "no job came back")),
+            },
+            Err(error) => match error.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(refusal) => {
+                    Ok(Transitioned::Refused(self.whole_one(refusal.item).await?))
+                }
+                other => Err(Unavailable::new("DynamoDB UpdateItem", describe(&other))),
             },
         }
     }
@@ -515,15 +771,19 @@ impl Update {
                 sets.push(("lease_id", s(lease.id.as_str())));
                 sets.push(("lease_expires_at", n(lease.expires_at.timestamp_millis())));
                 adds.push(("attempts", n(1)));
-                removes = vec!["output"]; // a new attempt starts empty
+                // A new attempt starts empty (`output`: an older record's text).
+                removes = vec!["output", "text_parts", "text_bytes"];
             }
-            Transition::Flush { output, .. } => {
-                sets.push(("output", s(output)));
-                removes.clear(); // the attempt keeps its lease
+            Transition::Flush { piece, .. } => {
+                sets.extend(text_written(piece));
+                removes = vec!["output"]; // the attempt keeps its lease
             }
-            Transition::Succeed { completion, .. } => {
+            Transition::Succeed {
+                completion, tail, ..
+            } => {
+                sets.extend(text_written(tail));
+                removes.push("output");
                 sets.extend([
-                    ("output", s(&completion.output)),
                     ("stop_reason", s(&completion.stop_reason)),
                     ("input_tokens", n(completion.usage.input_tokens)),
                     ("output_tokens", n(completion.usage.output_tokens)),
@@ -655,6 +915,14 @@ impl Update {
     }
 }
 
+/// The state's account of an attempt's text once `piece` is written.
+fn text_written(piece: &TextPiece) -> [(&'static str, AttributeValue); 2] {
+    [
+        ("text_parts", n(piece.pieces_through())),
+        ("text_bytes", n(piece.offset + piece.text.len())),
+    ]
+}
+
 /// The counters live in the jobs table under non-UUID keys (`rate#…`), with no `owner`, so
 /// they never appear in the owner index; TTL removes them an hour after their minute.
 impl SubmissionQuota for DynamoJobStore {
@@ -719,6 +987,24 @@ fn n(number: impl ToString) -> AttributeValue {
     AttributeValue::N(number.to_string())
 }
 
+/// A new job's request item: what it asks that is large and never changes.
+fn request_to_item(job: &Job) -> Item {
+    let request = &job.request;
+    let mut item = Item::from([
+        (
+            "job_id".to_owned(),
+            s(request_key(job.id, &request_digest(request))),
+        ),
+        ("prompt".to_owned(), s(&request.prompt)),
+        ("expires_at".to_owned(), n(job.expires_at)),
+    ]);
+    if let Some(system) = &request.system {
+        item.insert("system".to_owned(), s(system));
+    }
+    item
+}
+
+/// A new job's state item (see [`request_key`] for what is kept beside it).
 fn job_to_item(job: &Job) -> Item {
     let request = &job.request;
     let mut item = Item::from([
@@ -726,7 +1012,7 @@ fn job_to_item(job: &Job) -> Item {
         ("owner".to_owned(), s(job.owner.as_str())),
         ("status".to_owned(), s(job.status.as_str())),
         ("model_id".to_owned(), s(&request.model)),
-        ("prompt".to_owned(), s(&request.prompt)),
+        ("request_digest".to_owned(), s(request_digest(request))),
         ("max_tokens".to_owned(), n(request.max_tokens)),
         ("created_at".to_owned(), s(format_timestamp(job.created_at))),
         ("updated_at".to_owned(), s(format_timestamp(job.updated_at))),
@@ -738,7 +1024,6 @@ fn job_to_item(job: &Job) -> Item {
         item.insert("unfinished".to_owned(), s(unfinished_shard(job.id)));
     }
     let optional = [
-        ("system", request.system.as_deref().map(s)),
         ("temperature", request.temperature.map(n)),
         (
             "idempotency_key",
@@ -768,8 +1053,34 @@ fn job_to_item(job: &Job) -> Item {
     item
 }
 
-/// Reads a record, or says which attribute made it unreadable.
-fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
+/// The keys of the items a state item names: its request (unless it is an older record
+/// that holds it) and, `with_text`, the pieces of its current attempt's text.
+fn beside_keys(state: &Item, with_text: bool) -> Vec<String> {
+    let record = Record(state);
+    let Some(id) = record.text("job_id").and_then(JobId::parse) else {
+        return Vec::new();
+    };
+    let request = record
+        .text("request_digest")
+        .filter(|_| record.text("prompt").is_none())
+        .map(|digest| request_key(id, digest));
+    let attempt = record.number::<u32>("attempts").ok().flatten().unwrap_or(0);
+    let parts = record.number::<u32>("text_parts").ok().flatten();
+    let pieces = parts
+        .filter(|_| with_text)
+        .into_iter()
+        .flat_map(move |parts| (0..parts).map(move |index| piece_key(id, attempt, index)));
+    request.into_iter().chain(pieces).collect()
+}
+
+/// Reads a job from its state item and the items beside it (read by their keys, from
+/// [`beside_keys`]), or says which attribute or item made it unreadable. Without `with_text`,
+/// the job has no text (a succeeded job's `output` is empty).
+fn item_to_job(
+    item: &Item,
+    beside: &HashMap<String, Item>,
+    with_text: bool,
+) -> Result<Job, Unavailable> {
     let record = Record(item);
     let corrupt = |what: String| {
         let id = record.text("job_id").unwrap_or("?");
@@ -777,6 +1088,41 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
     };
     let id = JobId::parse(record.required_text("job_id").map_err(corrupt)?)
         .ok_or_else(|| corrupt("job_id is not a UUID".into()))?;
+    // The request: in the state item of an older record, else in its own item.
+    let request = match record.text("prompt") {
+        Some(_) => record,
+        None => {
+            let digest = record.required_text("request_digest").map_err(corrupt)?;
+            beside
+                .get(&request_key(id, digest))
+                .map(Record)
+                .ok_or_else(|| corrupt("its request item is missing".into()))?
+        }
+    };
+    let attempt = record
+        .number::<u32>("attempts")
+        .map_err(corrupt)?
+        .unwrap_or(0);
+    // The text: the pieces the state names, else an older record's `output`.
+    let text = match record.number::<u32>("text_parts").map_err(corrupt)? {
+        _ if !with_text => None,
+        Some(parts) => {
+            let mut text = String::new();
+            for index in 0..parts {
+                let piece = beside
+                    .get(&piece_key(id, attempt, index))
+                    .and_then(|item| Record(item).text("text"))
+                    .ok_or_else(|| corrupt(format!("piece {index} of its text is missing")))?;
+                text.push_str(piece);
+            }
+            let bytes = record.number::<usize>("text_bytes").map_err(corrupt)?;
+            if bytes.is_some_and(|bytes| bytes != text.len()) {
+                return Err(corrupt("its text is not as long as text_bytes says".into()));
+            }
+            Some(text)
+        }
+        None => record.text("output").map(str::to_owned),
+    };
     let status = JobStatus::parse(record.required_text("status").map_err(corrupt)?)
         .ok_or_else(|| corrupt("unknown status".into()))?;
     let time = |name: &str| -> Result<Option<DateTime<Utc>>, Unavailable> {
@@ -791,9 +1137,9 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         |name: &str| time(name)?.ok_or_else(|| corrupt(format!("{name} is missing")));
     let number = |name: &str| record.number::<u64>(name).map_err(corrupt);
 
-    let completion = match (status, record.text("output")) {
-        (JobStatus::Succeeded, Some(output)) => Some(Completion {
-            output: output.to_owned(),
+    let completion = match status {
+        JobStatus::Succeeded => Some(Completion {
+            output: text.clone().unwrap_or_default(),
             stop_reason: record.text("stop_reason").unwrap_or_default().to_owned(),
             usage: Usage {
                 input_tokens: number("input_tokens")?.unwrap_or(0),
@@ -804,11 +1150,8 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         }),
         _ => None,
     };
-    // `output` is the final text of a succeeded job, else the last flush of its attempt.
-    let partial_output = record
-        .text("output")
-        .filter(|_| status != JobStatus::Succeeded)
-        .map(str::to_owned);
+    // The text is the final answer of a succeeded job, else what its attempt flushed.
+    let partial_output = text.filter(|_| status != JobStatus::Succeeded);
     let failure = record.text("error_code").map(|code| JobFailure {
         code: code.to_owned(),
         message: record.text("error_message").unwrap_or_default().to_owned(),
@@ -823,7 +1166,7 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
         owner: Owner::new(record.required_text("owner").map_err(corrupt)?),
         status,
         request: GenerateRequest {
-            prompt: record.required_text("prompt").map_err(corrupt)?.to_owned(),
+            prompt: request.required_text("prompt").map_err(corrupt)?.to_owned(),
             model: record
                 .required_text("model_id")
                 .map_err(corrupt)?
@@ -833,17 +1176,14 @@ fn item_to_job(item: &Item) -> Result<Job, Unavailable> {
                 .map_err(corrupt)?
                 .ok_or_else(|| corrupt("max_tokens is missing".into()))?,
             temperature: record.number::<f32>("temperature").map_err(corrupt)?,
-            system: record.text("system").map(str::to_owned),
+            system: request.text("system").map(str::to_owned),
         },
         created_at: required_time("created_at")?,
         updated_at: required_time("updated_at")?,
         completed_at: time("completed_at")?,
         expires_at,
         seq: number("seq")?.unwrap_or(0),
-        attempts: record
-            .number::<u32>("attempts")
-            .map_err(corrupt)?
-            .unwrap_or(0),
+        attempts: attempt,
         lease: match (
             record.text("lease_id"),
             record.number::<i64>("lease_expires_at"),
@@ -938,14 +1278,15 @@ fn item_to_override(item: &Item) -> BudgetOverride {
 }
 
 /// Typed reads of one item's attributes.
+#[derive(Clone, Copy)]
 struct Record<'a>(&'a Item);
 
-impl Record<'_> {
-    fn text(&self, name: &str) -> Option<&str> {
+impl<'a> Record<'a> {
+    fn text(&self, name: &str) -> Option<&'a str> {
         self.0.get(name)?.as_s().ok().map(String::as_str)
     }
 
-    fn required_text(&self, name: &str) -> Result<&str, String> {
+    fn required_text(&self, name: &str) -> Result<&'a str, String> {
         self.text(name)
             .ok_or_else(|| format!("{name} is missing or not a string"))
     }
@@ -979,13 +1320,61 @@ mod tests {
         Job::queued(Owner::new("alice"), request, key, now, Duration::days(30))
     }
 
+    /// The items a new job is written as, by key.
+    fn items(job: &Job) -> (Item, HashMap<String, Item>) {
+        let request = request_to_item(job);
+        let key = Record(&request).text("job_id").unwrap().to_owned();
+        (job_to_item(job), HashMap::from([(key, request)]))
+    }
+
     #[test]
-    fn a_new_job_round_trips_through_its_item() {
+    fn a_new_job_round_trips_through_its_items() {
         let job = job();
-        let item = job_to_item(&job);
-        assert_eq!(item["created_at"], s("2026-11-22T10:00:00.123Z"));
-        assert_eq!(item["temperature"], n("0.2"));
-        assert_eq!(item_to_job(&item).unwrap(), job);
+        let (state, beside) = items(&job);
+        assert_eq!(state["created_at"], s("2026-11-22T10:00:00.123Z"));
+        assert_eq!(state["temperature"], n("0.2"));
+        assert_eq!(item_to_job(&state, &beside, true).unwrap(), job);
+        assert_eq!(
+            beside_keys(&state, true),
+            beside.keys().cloned().collect::<Vec<_>>()
+        );
+    }
+
+    /// The state, which every change and every poll touches, holds neither the prompt nor
+    /// the system prompt: its size does not grow with them.
+    #[test]
+    fn the_state_item_stays_small_whatever_the_prompt() {
+        let mut job = job();
+        job.request.prompt = "word ".repeat(4000);
+        job.request.system = Some("be brief ".repeat(1000));
+        let (state, beside) = items(&job);
+        for absent in ["prompt", "system", "output"] {
+            assert!(!state.contains_key(absent), "{absent}");
+        }
+        let size: usize = state
+            .iter()
+            .map(|(name, value)| name.len() + value.as_s().map_or(8, String::len))
+            .sum();
+        assert!(size < 1024, "{size} bytes");
+        let request = beside.values().next().unwrap();
+        assert_eq!(request["prompt"], s(&job.request.prompt));
+        assert_eq!(request["expires_at"], state["expires_at"]);
+        assert!(!request.contains_key("owner") && !request.contains_key("unfinished"));
+    }
+
+    /// Another request under the same job id (a repeat with the same Idempotency-Key and
+    /// another body) is another item, so it can never change the original job's request.
+    #[test]
+    fn each_request_has_a_key_of_its_own_content() {
+        let job = job();
+        let mut other = job.clone();
+        other.request.prompt = "something else".into();
+        let key = |job: &Job| request_key(job.id, &request_digest(&job.request));
+        assert_ne!(key(&job), key(&other));
+        assert_eq!(key(&job), key(&job.clone()));
+        let mut no_system = job.clone();
+        no_system.request.system = None;
+        assert_ne!(key(&job), key(&no_system));
     }
 
     #[test]
@@ -994,11 +1383,63 @@ mod tests {
         job.request.system = None;
         job.request.temperature = None;
         job.idempotency_key = None;
-        let item = job_to_item(&job);
+        let (state, beside) = items(&job);
         for absent in ["system", "temperature", "idempotency_key", "completed_at"] {
-            assert!(!item.contains_key(absent), "{absent}");
+            assert!(!state.contains_key(absent), "{absent}");
         }
-        assert_eq!(item_to_job(&item).unwrap(), job);
+        assert!(!beside.values().next().unwrap().contains_key("system"));
+        assert_eq!(item_to_job(&state, &beside, true).unwrap(), job);
+    }
+
+    /// The text is the current attempt's pieces, joined in order; a missing piece is an
+    /// error, not a shorter text.
+    #[test]
+    fn a_jobs_text_is_its_current_attempts_pieces() {
+        let job = job();
+        let (mut state, mut beside) = items(&job);
+        state.insert("status".into(), s("running"));
+        state.insert("attempts".into(), n(2));
+        state.insert("text_parts".into(), n(2));
+        state.insert("text_bytes".into(), n(9));
+        for (attempt, index, text) in [(2, 0, "Once"), (2, 1, " upon"), (1, 0, "stale")] {
+            let key = piece_key(job.id, attempt, index);
+            beside.insert(
+                key.clone(),
+                Item::from([("job_id".into(), s(key)), ("text".into(), s(text))]),
+            );
+        }
+        assert_eq!(
+            beside_keys(&state, true).len(),
+            3,
+            "the request and two pieces"
+        );
+        let read = item_to_job(&state, &beside, true).unwrap();
+        assert_eq!(read.partial_output.as_deref(), Some("Once upon"));
+        assert_eq!(
+            item_to_job(&state, &beside, false).unwrap().partial_output,
+            None
+        );
+
+        beside.remove(&piece_key(job.id, 2, 1));
+        let error = item_to_job(&state, &beside, true).unwrap_err();
+        assert!(error.detail.contains("piece 1"), "{error}");
+    }
+
+    /// Records written before the state was kept apart hold the prompt and the text
+    /// themselves: they are read as they are.
+    #[test]
+    fn an_older_record_holding_its_prompt_and_text_still_reads() {
+        let job = job();
+        let mut state = job_to_item(&job);
+        state.remove("request_digest");
+        state.insert("prompt".into(), s("hi"));
+        state.insert("system".into(), s("be brief"));
+        state.insert("status".into(), s("succeeded"));
+        state.insert("output".into(), s("the answer"));
+        assert!(beside_keys(&state, true).is_empty());
+        let read = item_to_job(&state, &HashMap::new(), true).unwrap();
+        assert_eq!(read.request, job.request);
+        assert_eq!(read.completion.unwrap().output, "the answer");
     }
 
     /// DynamoDB refuses a request whose names or values its expressions do not use.
@@ -1014,7 +1455,18 @@ mod tests {
             },
             Transition::Flush {
                 lease: lease.id.clone(),
-                output: "so far".into(),
+                piece: TextPiece::whole(&job(), "so far"),
+            },
+            Transition::Succeed {
+                lease: lease.id.clone(),
+                completion: Completion {
+                    output: "so far".into(),
+                    stop_reason: "end_turn".into(),
+                    usage: Usage::default(),
+                    artifact_key: "k".into(),
+                    cost: Some(NanoUsd(3)),
+                },
+                tail: TextPiece::whole(&job(), "so far"),
             },
             Transition::Release {
                 lease: lease.id.clone(),
@@ -1063,11 +1515,14 @@ mod tests {
 
     #[test]
     fn a_malformed_record_names_its_attribute() {
-        let mut item = job_to_item(&job());
+        let (mut item, beside) = items(&job());
         item.insert("max_tokens".into(), s("many"));
-        let error = item_to_job(&item).unwrap_err();
+        let error = item_to_job(&item, &beside, true).unwrap_err();
         assert!(error.detail.contains("max_tokens"), "{error}");
         item.remove("status");
-        assert!(item_to_job(&item).unwrap_err().detail.contains("status"));
+        let error = item_to_job(&item, &beside, true).unwrap_err();
+        assert!(error.detail.contains("status"));
+        let error = item_to_job(&job_to_item(&job()), &HashMap::new(), true).unwrap_err();
+        assert!(error.detail.contains("request item is missing"), "{error}");
     }
 }

@@ -488,6 +488,13 @@ mod tests {
                 artifact_key: "k".into(),
                 cost: Some(NanoUsd(700)),
             },
+            tail: crate::domain::TextPiece {
+                attempt: 1,
+                index: 0,
+                offset: 0,
+                text: "x".into(),
+                expires_at: 0,
+            },
         };
         let fail = |code| Transition::Fail {
             lease: None,

@@ -242,14 +242,16 @@ pub enum Transition {
     /// `max_attempts` model calls: `queued|running → running`, with its lease and one more
     /// model call counted.
     Start { lease: Lease, max_attempts: u32 },
-    /// The attempt holding the lease ends with the model's answer.
+    /// The attempt holding the lease ends with the model's answer, `completion.output`,
+    /// whose text past what the attempt flushed before is `tail`.
     Succeed {
         lease: LeaseId,
         completion: Completion,
+        tail: TextPiece,
     },
-    /// The attempt holding the lease records the text generated so far (a flush of its
-    /// stream): the job stays `running` under the same lease.
-    Flush { lease: LeaseId, output: String },
+    /// The attempt holding the lease adds a piece to the text it has generated so far (a
+    /// flush of its stream): the job stays `running` under the same lease.
+    Flush { lease: LeaseId, piece: TextPiece },
     /// The attempt holding the lease gives the job back for a later attempt (a retryable
     /// failure): it stays `running`, with no lease.
     Release { lease: LeaseId },
@@ -281,6 +283,89 @@ pub enum Transition {
 pub struct CallUsage {
     pub usage: Usage,
     pub cost: Option<NanoUsd>,
+}
+
+/// A piece of an attempt's text, added to what the attempt wrote before it. The text of a
+/// job is stored as such pieces, so that writing it costs its own size once, however often
+/// it is flushed, rather than the whole text at every flush.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextPiece {
+    /// The attempt's number: the job's `attempts` once that attempt started it.
+    pub attempt: u32,
+    /// Its place among the attempt's pieces, from 0.
+    pub index: u32,
+    /// How many bytes of the attempt's text come before it.
+    pub offset: usize,
+    pub text: String,
+    /// When the table's TTL may remove it: with its job.
+    pub expires_at: i64,
+}
+
+impl TextPiece {
+    /// How many pieces the attempt's text has once this one is written (an empty piece is
+    /// not written).
+    pub fn pieces_through(&self) -> u32 {
+        if self.text.is_empty() {
+            self.index
+        } else {
+            self.index + 1
+        }
+    }
+
+    /// All of `text` as the first piece of `job`'s current attempt.
+    pub fn whole(job: &Job, text: impl Into<String>) -> Self {
+        Self {
+            attempt: job.attempts,
+            index: 0,
+            offset: 0,
+            text: text.into(),
+            expires_at: job.expires_at,
+        }
+    }
+}
+
+/// What an attempt has written of its text so far, in pieces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub pieces: u32,
+    pub text: String,
+}
+
+impl Written {
+    /// The piece of `job`'s current attempt that brings what is written up to `text`: what
+    /// `text` adds, or all of it again from the first piece if it does not extend what is
+    /// written (readers join only the pieces the job names, so a piece written over is
+    /// never read twice).
+    pub fn piece_for(&self, job: &Job, text: &str) -> TextPiece {
+        match text.strip_prefix(self.text.as_str()) {
+            Some(rest) => TextPiece {
+                index: self.pieces,
+                offset: self.text.len(),
+                text: rest.to_owned(),
+                ..TextPiece::whole(job, "")
+            },
+            None => TextPiece::whole(job, text),
+        }
+    }
+
+    /// What is written once `piece` is.
+    pub fn with(&self, piece: &TextPiece) -> Self {
+        let mut text = self.text.clone();
+        text.truncate(piece.offset);
+        text.push_str(&piece.text);
+        Self {
+            pieces: piece.pieces_through(),
+            text,
+        }
+    }
+}
+
+/// How far a job has come: what a waiting reader compares, read without the job's request
+/// or text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revision {
+    pub seq: u64,
+    pub status: JobStatus,
 }
 
 /// When a transition may be applied to a job as it is.
@@ -538,7 +623,12 @@ impl Job {
                 next.attempts += 1;
                 next.partial_output = None;
             }
-            Transition::Flush { output, .. } => next.partial_output = Some(output.clone()),
+            Transition::Flush { piece, .. } => {
+                let mut text = self.partial_output.clone().unwrap_or_default();
+                text.truncate(piece.offset);
+                text.push_str(&piece.text);
+                next.partial_output = Some(text);
+            }
             Transition::Succeed { completion, .. } => {
                 next.completion = Some(completion.clone());
                 next.partial_output = None;
@@ -549,6 +639,13 @@ impl Job {
             }
         }
         Some(next)
+    }
+
+    pub fn revision(&self) -> Revision {
+        Revision {
+            seq: self.seq,
+            status: self.status,
+        }
     }
 
     /// Where the job stands for someone who will not start it (a delivery refused by the
@@ -691,7 +788,7 @@ mod tests {
         };
         let flush = |lease: &LeaseId| Transition::Flush {
             lease: lease.clone(),
-            output: "so far".into(),
+            piece: TextPiece::whole(&jobs[1].1, "so far"),
         };
         #[rustfmt::skip]
         let cases: [(&str, Transition, [bool; 7]); 16] = [
@@ -707,6 +804,7 @@ mod tests {
                 Transition::Succeed {
                     lease: a.clone(),
                     completion,
+                    tail: TextPiece::whole(&jobs[1].1, "text"),
                 },
                 [false, true, true, false, false, false, false],
             ),
@@ -758,6 +856,7 @@ mod tests {
                         artifact_key: String::new(),
                         cost: None,
                     },
+                    tail: TextPiece::whole(&jobs[1].1, ""),
                 },
                 [false; 7],
             ),
@@ -810,9 +909,9 @@ mod tests {
                         assert_eq!(next.attempts, job.attempts + 1, "a model call counted");
                         assert_eq!(next.partial_output, None, "a new attempt starts empty");
                     }
-                    Transition::Flush { output, .. } => {
+                    Transition::Flush { piece, .. } => {
                         assert_eq!(next.lease, job.lease, "{name} keeps the lease");
-                        assert_eq!(next.partial_output.as_ref(), Some(output));
+                        assert_eq!(next.partial_output.as_ref(), Some(&piece.text));
                         assert_eq!(next.attempts, job.attempts);
                     }
                     _ => {
@@ -889,6 +988,35 @@ mod tests {
         job.attempts = 0;
         job.status = Failed;
         assert!(job.leftover_artifacts().is_empty(), "never started");
+    }
+
+    /// Each flush writes only what the text added; text that does not extend what was
+    /// written is written again whole, from the first piece.
+    #[test]
+    fn an_attempts_text_is_written_in_pieces_that_join_to_it() {
+        let mut job = job_in(Running, Some(Lease::new(DateTime::<Utc>::MAX_UTC)));
+        let lease = job.lease.clone().unwrap().id;
+        let mut written = Written::default();
+        job.attempts = 2;
+        for text in ["Once", "Once upon", "Once upon a time", "Once upon a time"] {
+            let piece = written.piece_for(&job, text);
+            assert_eq!((piece.attempt, piece.index), (2, written.pieces));
+            assert_eq!(piece.expires_at, job.expires_at);
+            assert_eq!(piece.offset, written.text.len());
+            written = written.with(&piece);
+            let flush = Transition::Flush {
+                lease: lease.clone(),
+                piece,
+            };
+            job = job.apply(&flush, Utc::now()).unwrap();
+            assert_eq!(written.text, text);
+            assert_eq!(job.partial_output.as_deref(), Some(text));
+        }
+        assert_eq!(written.pieces, 3, "nothing new, no piece");
+        let rewritten = written.piece_for(&job, "Twice");
+        assert_eq!((rewritten.index, rewritten.offset), (0, 0));
+        assert_eq!(written.with(&rewritten).text, "Twice");
+        assert_eq!(written.with(&rewritten).pieces, 1);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub use budget::{
 pub use error::{ErrorCode, RequestError};
 pub use job::{
     CallUsage, Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus,
-    Lease, LeaseId, Owner, Standing, Transition, Transitioned, Usage,
+    Lease, LeaseId, Owner, Revision, Standing, TextPiece, Transition, Transitioned, Usage, Written,
 };
 pub use message::{decode_job_message, encode_job_message};
 pub use pricing::{NanoUsd, Price, PriceError, PriceTable, TokenCounts};

@@ -19,7 +19,7 @@ use pipeline::adapters::DynamoJobStore;
 use pipeline::domain::{
     Amount, Budget, CallUsage, FailureCode, GenerateRequest, Job, JobFailure, JobId, JobStatus,
     Lease, LeaseId, NanoUsd, Owner, PROMPT_OVERHEAD_TOKENS, Period, PeriodKind, PeriodUsage,
-    PriceTable, Transition, Transitioned, Usage,
+    PriceTable, TextPiece, Transition, Transitioned, Usage,
 };
 use pipeline::ports::{JobStore, UsageLedger};
 use serde_json::{Value, json};
@@ -555,7 +555,13 @@ impl Intercept for FlushBeforeTheTransaction {
         }
         let flush = Transition::Flush {
             lease: self.lease.clone(),
-            output: "Once upon".into(),
+            piece: TextPiece {
+                attempt: 1,
+                index: 0,
+                offset: 0,
+                text: "Once upon".into(),
+                expires_at: 0,
+            },
         };
         // The hook is synchronous: the flush runs on a runtime of its own, and is waited for.
         let (store, job) = (self.store.clone(), self.job);

@@ -54,7 +54,8 @@ async fn two_workers_holding_one_message_run_the_job_once() {
     assert_eq!(text(&item, "attempts"), "1");
     assert_eq!(stack.artifact_count().await, 1, "no orphan artifact");
     let (_, artifact) = stack.artifact(&text(&item, "artifact_key")).await.unwrap();
-    assert_eq!(artifact["response"]["text"], text(&item, "output"));
+    let output = stack.text_of(&job_id).await.unwrap();
+    assert_eq!(artifact["response"]["text"], output);
 }
 
 /// A delivery that never reached the model (the worker died before) is not an attempt:
@@ -247,7 +248,8 @@ async fn a_running_attempt_stops_at_its_next_write_and_leaves_no_artifact() {
     assert!(response.batch_item_failures.is_empty(), "acknowledged");
     let item = stack.item(&job_id).await.unwrap();
     assert_eq!(text(&item, "status"), "cancelled");
-    assert!(!item.contains_key("output") && !item.contains_key("artifact_key"));
+    assert!(!item.contains_key("artifact_key"));
+    assert_eq!(stack.text_of(&job_id).await, None, "no text was flushed");
     assert_eq!(
         stack.artifact_count().await,
         0,

@@ -50,8 +50,17 @@ async fn a_prompt_goes_all_the_way_to_an_artifact_and_back() {
     assert_eq!(text("owner"), "user-a");
     assert_eq!(text("status"), "queued");
     assert_eq!(text("model_id"), OTHER_MODEL);
-    assert_eq!(text("prompt"), "Explain SQS visibility timeouts");
-    assert_eq!(text("system"), "You are terse.");
+    // The prompt and the system prompt are kept beside the state, which every change and
+    // every poll touches, in an item of their own that never changes.
+    assert!(!item.contains_key("prompt") && !item.contains_key("system"));
+    let asked = stack.request_item(&job_id).await.unwrap();
+    assert_eq!(
+        asked["prompt"].as_s().unwrap(),
+        "Explain SQS visibility timeouts"
+    );
+    assert_eq!(asked["system"].as_s().unwrap(), "You are terse.");
+    assert_eq!(asked["expires_at"], item["expires_at"]);
+    assert!(!asked.contains_key("owner") && !asked.contains_key("unfinished"));
     assert_eq!(number("max_tokens"), "200");
     assert_eq!(number("temperature"), "0.25");
     assert_eq!(number("attempts"), "0");
@@ -97,7 +106,13 @@ async fn a_prompt_goes_all_the_way_to_an_artifact_and_back() {
     let text = |name: &str| item[name].as_s().unwrap().clone();
     assert_eq!(text("status"), "succeeded");
     assert_eq!(item["attempts"], AttributeValue::N("1".into()));
-    let output = text("output");
+    // The answer is the pieces the state names, joined.
+    assert!(!item.contains_key("output"));
+    let output = stack.text_of(&job_id).await.unwrap();
+    assert_eq!(
+        item["text_bytes"],
+        AttributeValue::N(output.len().to_string())
+    );
     assert!(
         output.contains("offline model") && output.ends_with("Explain SQS visibility timeouts")
     );

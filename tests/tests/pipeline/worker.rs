@@ -178,7 +178,12 @@ async fn a_validation_error_fails_the_job_at_once_as_model_error() {
         item["error_message"].as_s().unwrap(),
         "The provided model identifier is invalid."
     );
-    assert!(item.contains_key("completed_at") && !item.contains_key("output"));
+    assert!(item.contains_key("completed_at"));
+    assert_eq!(
+        stack.text_of(&job_id).await,
+        None,
+        "the model wrote nothing"
+    );
     assert_eq!(stack.bedrock.calls().len(), 1);
     assert!(stack.queued_bodies().await.is_empty());
 }
