@@ -8,7 +8,8 @@
 //!   no token, like the UI's files: it is local-only, and holds counts, no job or user.
 //! - `/cognito`: the client-side calls of Cognito's JSON API that the web UI makes (and only
 //!   those), forwarded to the emulator's Cognito, on the UI's own origin.
-//! - everything else: the static files of `web/`.
+//! - a GET or HEAD of anything else: the static files of `web/`; any other method: the status
+//!   function behind the authorizer, as the HTTP API's `$default` route sends it there.
 //!
 //! It listens on a well-known port, so it assumes that any page in the user's browser can
 //! reach it: it answers only requests addressed to itself by name (no DNS rebinding), sends
@@ -22,7 +23,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,7 +114,10 @@ pub fn router(
         async move {
             let path = request.uri().path();
             let routed = ["/generate", "/jobs", "/usage"].contains(&path);
-            if routed || path.starts_with("/jobs/") {
+            // Deployed, the web UI's files are a GET away on their own origin, and anything
+            // else reaches the status function through the HTTP API's `$default` route.
+            let reads_a_file = [Method::GET, Method::HEAD].contains(request.method());
+            if routed || path.starts_with("/jobs/") || !reads_a_file {
                 functions.oneshot(request).await.into_response()
             } else {
                 static_files.oneshot(request).await.into_response()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use api::GenerateApi;
 use aws_config::{Region, SdkConfig};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use local::authorizer::JwtAuthorizer;
 use local::converse::{Backend, ConverseServer, Knobs, OpenAiBackend};
 use local::event_source::SqsEventSource;
@@ -53,15 +53,7 @@ enum Provider {
 
 /// Runs the whole pipeline locally: AWS emulator, model endpoint, worker, API and web UI.
 #[derive(Debug, Parser)]
-#[command(
-    version,
-    args_conflicts_with_subcommands = true,
-    after_help = "The functions' settings (MODEL_ID, ALLOWED_MODEL_IDS, MAX_PROMPT_CHARS, \
-MAX_OUTPUT_TOKENS, JOB_TTL_DAYS, MAX_JOBS_PER_MINUTE, MAX_ATTEMPTS, RETRY_BASE_SECONDS, \
-RETRY_MAX_SECONDS, RECOVER_AFTER_SECONDS, SWEEP_LIMIT, ALLOWED_ORIGIN, COGNITO_REVOCATION_CHECK) \
-are read from the environment, as the functions read them; unset, RECOVER_AFTER_SECONDS is 90 \
-here (900 deployed)."
-)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -199,9 +191,31 @@ impl Progress {
     }
 }
 
+/// The command line, its help naming the functions' settings that the environment gives.
+fn command() -> clap::Command {
+    Cli::command().after_help(format!(
+        "The functions' settings ({}) are read from the environment, as the functions read \
+         them; unset, RECOVER_AFTER_SECONDS is 90 here (900 deployed).",
+        settings_read().join(", ")
+    ))
+}
+
+/// The variables the functions' settings are read from: asked for by their own `from_env`
+/// (and the metrics' namespace), so that the list cannot fall behind the code.
+fn settings_read() -> Vec<String> {
+    let env = Env::from_map(HashMap::new());
+    // Only the names asked for matter here; the defaults always read.
+    let _ = api::Settings::from_env(&env);
+    let _ = status::Settings::from_env(&env);
+    let _ = worker::Settings::from_env(&env);
+    let _ = recovery::Settings::from_env(&env);
+    pipeline::metrics::namespace(&env);
+    env.names_read()
+}
+
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|error| error.exit());
     tracing_subscriber::fmt()
         .with_target(false)
         // Colours only for a person at a terminal, never into a log file or a pipe.
@@ -647,7 +661,32 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+
+    /// The help lists every setting a function reads, those added since among them.
+    #[test]
+    fn the_help_names_every_setting_the_functions_read() {
+        let help = command().render_long_help().to_string();
+        for name in [
+            "MODEL_ID",
+            "ALLOWED_MODEL_IDS",
+            "MAX_JOBS_PER_MINUTE",
+            "BUDGET_TOKENS_PER_DAY",
+            "BUDGET_USD_PER_MONTH",
+            "MODEL_PRICES",
+            "METRICS_NAMESPACE",
+            "STREAM_FLUSH_MS",
+            "RECOVER_AFTER_SECONDS",
+            "SWEEP_LIMIT",
+            "ALLOWED_ORIGIN",
+            "COGNITO_REVOCATION_CHECK",
+        ] {
+            assert!(help.contains(name), "{name} missing from: {help}");
+        }
+        assert!(
+            !help.contains("JOBS_TABLE"),
+            "no resource names: the stack makes them"
+        );
+    }
 
     #[test]
     fn every_option_says_what_it_is_for() {

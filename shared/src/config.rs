@@ -23,9 +23,12 @@ pub enum ConfigError {
     Unpriced(Vec<String>),
 }
 
-/// A snapshot of environment variables; tests build one from a map.
+/// A snapshot of environment variables; tests build one from a map. It remembers the name of
+/// every variable asked for, so that the local stack's help lists exactly the settings the
+/// functions read ([`Env::names_read`]).
 pub struct Env {
     vars: HashMap<String, String>,
+    read: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Env {
@@ -34,11 +37,27 @@ impl Env {
     }
 
     pub fn from_map(vars: HashMap<String, String>) -> Self {
-        Self { vars }
+        Self {
+            vars,
+            read: Default::default(),
+        }
+    }
+
+    /// The names of the variables asked for so far, in order.
+    pub fn names_read(&self) -> Vec<String> {
+        let read = self
+            .read
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        read.iter().cloned().collect()
     }
 
     /// The variable's value; unset and empty are the same.
     pub fn optional(&self, name: &str) -> Option<String> {
+        self.read
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(name.to_owned());
         self.vars
             .get(name)
             .filter(|value| !value.trim().is_empty())

@@ -201,11 +201,14 @@ fn install(stream: impl EntryIoStream + Send + Sync + 'static) {
     INSTALLED.call_once(|| PipelineMetrics::write_directly_to(stream).forget());
 }
 
+/// `METRICS_NAMESPACE`, else [`DEFAULT_NAMESPACE`].
+pub fn namespace(env: &crate::config::Env) -> String {
+    env.optional("METRICS_NAMESPACE")
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+}
+
 fn format() -> impl Format + Send + Sync + 'static {
-    let namespace = std::env::var("METRICS_NAMESPACE")
-        .ok()
-        .filter(|name| !name.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    let namespace = namespace(&crate::config::Env::from_process());
     let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok();
     // `[[]]`: every metric also without dimensions, as the records' own sets are multiplied
     // by these. Validations are on in debug builds (tests) and off in release.

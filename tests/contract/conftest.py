@@ -60,14 +60,16 @@ FUNCTION_SETTINGS = {
     "BUDGET_TOKENS_PER_DAY",
     "BUDGET_USD_PER_MONTH",
     "MODEL_PRICES",
+    "STREAM_FLUSH_MS",
 }
 # The slow stack's model latency: long enough that a job is reliably still running (and the
 # next one still queued, the local worker taking one batch at a time) while a test cancels it.
 SLOW_MODEL_MS = 2000
-# The streaming stack's pace: a word every 100 ms, faster than the worker flushes
-# (STREAM_FLUSH_MS, 250 by default), so that a running job's text grows over several flushes
-# of two or three words each.
+# The streaming stack's pace: a word every 100 ms, faster than its worker flushes
+# (STREAM_FLUSH_MS, set to 250 there; 2000 by default), so that a running job's text grows
+# over several flushes of two or three words each, and a cancellation is noticed within one.
 STREAM_WORDS_PER_SECOND = 10
+STREAM_FLUSH_MS = 250
 # The budget stack's defaults for every user: a day of 600 tokens holds the worst case of three
 # jobs of a short prompt and max_tokens 100 (each the prompt's bytes + 64 + 100, about 180),
 # not four; a month of $5 holds thousands of them (so the day's budget is the one they meet).
@@ -401,7 +403,11 @@ SLOW_MODEL = ("--latency-ms", str(SLOW_MODEL_MS), "--words-per-second", "0")
 OTHER_STACKS = {
     # Its model's answer comes all at once, after SLOW_MODEL_MS.
     "slow": ("slow_stack", SLOW_MODEL, {}),
-    "stream": ("stream_stack", ("--words-per-second", str(STREAM_WORDS_PER_SECOND)), {}),
+    "stream": (
+        "stream_stack",
+        ("--words-per-second", str(STREAM_WORDS_PER_SECOND)),
+        {"STREAM_FLUSH_MS": str(STREAM_FLUSH_MS)},
+    ),
     # Every user's budgets, and the slow model.
     "budget": (
         "budget_stack",

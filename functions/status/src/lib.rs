@@ -314,6 +314,26 @@ fn bad_cursor() -> ApiError {
 mod tests {
     use super::*;
 
+    /// Only the api prices jobs, so only the api needs every allowed model priced under a
+    /// dollar budget: the status function starts without, and shows the budget.
+    #[test]
+    fn a_dollar_budget_with_an_unpriced_model_stops_the_api_only() {
+        let env = Env::from_map(
+            [
+                ("ALLOWED_MODEL_IDS", "amazon.nova-micro-v1:0,my.model"),
+                ("BUDGET_USD_PER_MONTH", "5"),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+        );
+        let status = Settings::from_env(&env).unwrap();
+        assert!(status.budget.usd_per_month.is_some());
+        let api = env.priced_budget(&env.limits().unwrap(), &env.prices().unwrap());
+        let error = api.unwrap_err().to_string();
+        assert!(error.contains("my.model"), "{error}");
+    }
+
     #[test]
     fn cursors_round_trip_and_refuse_forgeries() {
         let cursor = PageCursor {

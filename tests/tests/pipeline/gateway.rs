@@ -242,6 +242,58 @@ async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
     assert_eq!(calls.calls(), 3);
 }
 
+/// Deployed, a request that is neither an API route nor a GET of the web UI's files reaches
+/// the status function through the HTTP API's `$default` route, behind the authorizer: `401`
+/// without a token, the function's own JSON `404` with one. Locally it once got the static
+/// files' empty `405`.
+#[tokio::test]
+async fn other_methods_on_unknown_paths_reach_the_functions_behind_the_authorizer() {
+    let stack = Stack::new().await;
+    let pool = create_user_pool(&stack.aws, "gateway-test-default")
+        .await
+        .unwrap();
+    let tokens = tokens(&stack, &pool).await;
+    let calls = Recorder::default();
+    let url = serve(&pool, &calls, 0).await;
+    let http = reqwest::Client::new();
+    let methods = [
+        reqwest::Method::DELETE,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::POST,
+    ];
+    for method in methods {
+        for path in ["/nope", "/conversations/x", "/index.html"] {
+            let what = format!("{method} {path}");
+            let anonymous = http
+                .request(method.clone(), format!("{url}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(anonymous.status(), 401, "{what}");
+            assert_eq!(
+                anonymous.headers()["content-type"],
+                "application/json",
+                "{what}"
+            );
+            let body: Value = anonymous.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized", "{what}");
+
+            let before = calls.calls();
+            let signed_in = http
+                .request(method.clone(), format!("{url}{path}"))
+                .bearer_auth(&tokens.access)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(signed_in.status(), 200, "{what}: the recorder answered");
+            let body: Value = signed_in.json().await.unwrap();
+            assert_eq!(body["path"], path, "{what}");
+            assert_eq!(calls.calls(), before + 1, "{what}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn preflights_static_files_and_unknown_paths_need_no_token() {
     let stack = Stack::new().await;
