@@ -37,6 +37,7 @@ def web_config(out, region):
         "maxOutputTokens": int(out["MaxOutputTokens"]),
         "maxPromptChars": int(out["MaxPromptChars"]),
         "maxAttempts": int(out["MaxAttempts"]),
+        "events": {"http": out["EventsHttpUrl"], "realtime": out["EventsRealtimeUrl"]},
     }
 
 

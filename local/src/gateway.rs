@@ -8,6 +8,9 @@
 //!   no token, like the UI's files: it is local-only, and holds counts, no job or user.
 //! - `/cognito`: the client-side calls of Cognito's JSON API that the web UI makes (and only
 //!   those), forwarded to the emulator's Cognito, on the UI's own origin.
+//! - `/event` and `/event/realtime`: the Event API that AppSync Events runs when deployed
+//!   (`crate::events`), which has its own authorization (SigV4 to publish, access tokens to
+//!   subscribe) and needs no CORS (browsers only subscribe, over WebSocket).
 //! - a GET or HEAD of anything else: the static files of `web/`; any other method: the status
 //!   function behind the authorizer, as the HTTP API's `$default` route sends it there.
 //!
@@ -56,7 +59,10 @@ pub const COGNITO_ACTIONS: [&str; 8] = [
 
 /// The web UI's Content Security Policy, sent as a header (a `<meta>` tag cannot say
 /// `frame-ancestors`); `web/index.html` carries the same policy for where no header is set.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self' https://*.amazonaws.com http://127.0.0.1:* http://localhost:*; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// `connect-src` names the Event API's real-time endpoint too: `ws://` locally, and deployed
+/// `wss://<id>.appsync-realtime-api.<region>.amazonaws.com`, which only `wss://*.amazonaws.com`
+/// can say (a CSP host takes a wildcard in its leftmost label only).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self' https://*.amazonaws.com wss://*.amazonaws.com http://127.0.0.1:* http://localhost:* ws://127.0.0.1:* ws://localhost:*; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The largest Cognito call forwarded.
 const MAX_COGNITO_BODY: usize = 64 * 1024;
@@ -80,10 +86,12 @@ struct Gateway {
     config: GatewayConfig,
 }
 
-/// The gateway in front of the `api` and `status` routers.
+/// The gateway in front of the `api` and `status` routers, and of the Event API's (`events`,
+/// from `crate::events::EventApi::router`).
 pub fn router(
     api: Router,
     status: Router,
+    events: Router,
     authorizer: JwtAuthorizer,
     config: GatewayConfig,
 ) -> Router {
@@ -129,6 +137,7 @@ pub fn router(
         .route("/metrics", get(crate::metrics::serve))
         .route("/cognito", post(cognito))
         .with_state(gateway.clone())
+        .merge(events)
         .fallback(site)
         .layer(middleware::map_response(hide_server_errors))
         .layer(middleware::map_response(security_headers))

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::GenerateApi;
@@ -18,11 +19,13 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use local::authorizer::JwtAuthorizer;
 use local::converse::{Backend, ConverseServer, Knobs, OpenAiBackend};
 use local::event_source::SqsEventSource;
+use local::events::{self, EventApi};
 use local::gateway::{self, GatewayConfig};
 use local::moto::Moto;
 use local::provision::{self, Names, Resources, UserPool};
 use pipeline::adapters::{
-    BedrockTextModel, CognitoSessionCheck, DynamoJobStore, S3ArtifactStore, SqsJobQueue,
+    AppSyncEvents, BedrockTextModel, CognitoSessionCheck, DynamoJobStore, S3ArtifactStore,
+    SqsJobQueue,
 };
 use pipeline::config::Env;
 use recovery::Recovery;
@@ -323,6 +326,7 @@ async fn run(options: Options) -> Result<(), Error> {
         &aws,
         &resources,
         &bedrock_config,
+        &events_urls(port).0,
         worker_settings,
         stopped.clone(),
     );
@@ -349,13 +353,21 @@ async fn run(options: Options) -> Result<(), Error> {
         StatusApi::new(store, &resources.bucket, status_settings.clone()),
         sessions().filter(|_| status_settings.http.revocation_check),
     );
+    // AppSync Events' part: its subscribers' tokens are checked as the API's are, and a
+    // subscription to a job marks it watched, as the namespace's subscribe handler does.
+    let events = Arc::new(
+        EventApi::new(authorizer(&options, &aws_url, &pool), &options.region).with_on_subscribe(
+            events::watch_jobs(DynamoJobStore::new(&aws, &resources.table)),
+        ),
+    );
     let app = gateway::router(
         api,
         status,
+        events.router(),
         authorizer(&options, &aws_url, &pool),
         GatewayConfig {
             web_dir: options.web_dir.clone(),
-            web_config: web_config(&options, &own_origin, &pool, &api_settings, max_attempts),
+            web_config: web_config(&options, port, &pool, &api_settings, max_attempts),
             cognito_endpoint: format!("{aws_url}/"),
             allowed_origin: api_settings.http.origin().to_owned(),
             port,
@@ -363,9 +375,11 @@ async fn run(options: Options) -> Result<(), Error> {
     );
     progress.done(&own_origin);
 
+    let (events_http, events_realtime) = events_urls(port);
     eprintln!(
         "\nReady in {:.1} s. Open {own_origin} and sign in as {} with password {}\n\
          (or sign up: the emulator accepts any confirmation code). Metrics: {own_origin}/metrics.\n\
+         Live output (AppSync Events): publish to {events_http} (SigV4), subscribe at {events_realtime}.\n\
          Ctrl-C stops everything.\n",
         started.elapsed().as_secs_f64(),
         options.demo_email,
@@ -470,16 +484,19 @@ fn start_worker(
     aws: &SdkConfig,
     resources: &Resources,
     bedrock: &SdkConfig,
+    events_url: &str,
     settings: worker::Settings,
     stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    // It publishes watched jobs' text to the gateway's Event API, signed as deployed.
     let worker = Worker::new(
         DynamoJobStore::new(aws, &resources.table),
         S3ArtifactStore::new(aws, &resources.bucket),
         BedrockTextModel::new(bedrock),
         SqsJobQueue::new(aws, &resources.queue_url),
         settings,
-    );
+    )
+    .with_feed(AppSyncEvents::new(aws, events_url));
     let source = SqsEventSource::new(aws, &resources.queue_url, &resources.queue_arn);
     let timeout = Duration::from_secs(options.worker_timeout);
     tokio::spawn(async move {
@@ -534,14 +551,24 @@ fn authorizer(options: &Options, aws_url: &str, pool: &UserPool) -> JwtAuthorize
     )
 }
 
+/// The Event API's endpoints on the gateway: HTTP (publish) and real-time (WebSocket).
+fn events_urls(port: u16) -> (String, String) {
+    (
+        format!("http://127.0.0.1:{port}{}", events::PUBLISH_PATH),
+        format!("ws://127.0.0.1:{port}{}", events::REALTIME_PATH),
+    )
+}
+
 /// The web UI's `config.json`, as the deploy script writes it from the stack's outputs.
 fn web_config(
     options: &Options,
-    origin: &str,
+    port: u16,
     pool: &UserPool,
     api: &api::Settings,
     max_attempts: u32,
 ) -> Value {
+    let origin = format!("http://127.0.0.1:{port}");
+    let (events_http, events_realtime) = events_urls(port);
     json!({
         "apiUrl": origin,
         "region": options.region,
@@ -553,6 +580,7 @@ fn web_config(
         "maxOutputTokens": api.limits.max_output_tokens,
         "maxPromptChars": api.limits.max_prompt_chars,
         "maxAttempts": max_attempts,
+        "events": {"http": events_http, "realtime": events_realtime},
         "local": true,
     })
 }
@@ -583,6 +611,10 @@ fn exports(
             converse.url()
         ));
     }
+    let (events_http, events_realtime) = events_urls(port);
+    lines.push(format!(
+        "  export EVENTS_HTTP_URL={events_http} EVENTS_REALTIME_URL={events_realtime}"
+    ));
     let port_option = if port == DEFAULT_PORT {
         String::new()
     } else {
@@ -685,6 +717,40 @@ mod tests {
         assert!(
             !help.contains("JOBS_TABLE"),
             "no resource names: the stack makes them"
+        );
+    }
+
+    /// The web UI and a developer's shell learn where the Event API is from the stack itself.
+    #[test]
+    fn the_web_ui_and_the_exports_name_the_event_api() {
+        let options = Cli::try_parse_from(["local-stack"]).unwrap().options;
+        let pool = UserPool {
+            pool_id: "us-east-1_pool".into(),
+            client_id: "client".into(),
+        };
+        let settings = api::Settings::from_env(&Env::from_map(HashMap::new())).unwrap();
+        let config = web_config(&options, 4321, &pool, &settings, 3);
+        assert_eq!(config["apiUrl"], "http://127.0.0.1:4321");
+        assert_eq!(
+            config["events"],
+            json!({
+                "http": "http://127.0.0.1:4321/event",
+                "realtime": "ws://127.0.0.1:4321/event/realtime",
+            })
+        );
+        let resources = Resources {
+            table: "t".into(),
+            queue_url: "q".into(),
+            queue_arn: "qa".into(),
+            dead_letter_queue_url: "d".into(),
+            dead_letter_queue_arn: "da".into(),
+            bucket: "b".into(),
+        };
+        let lines = exports(&options, "http://127.0.0.1:1", &resources, None, 4321);
+        assert!(
+            lines.lines().any(|line| line
+                == "  export EVENTS_HTTP_URL=http://127.0.0.1:4321/event EVENTS_REALTIME_URL=ws://127.0.0.1:4321/event/realtime"),
+            "{lines}"
         );
     }
 

@@ -394,6 +394,7 @@ mod tests {
         let app = gateway::router(
             Router::new().fallback(get(|| async { "function" })),
             Router::new().fallback(get(|| async { "function" })),
+            Router::new(),
             // Never reached: no JWKS is fetched for /metrics.
             JwtAuthorizer::new(
                 "https://issuer.invalid".into(),

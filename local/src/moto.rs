@@ -133,13 +133,24 @@ impl Drop for Moto {
     }
 }
 
+/// The local stack's static credentials: the emulator takes any, and the Event API emulator
+/// (`crate::events`) verifies its publishers' SigV4 signatures against these.
+pub const ACCESS_KEY_ID: &str = "local";
+pub const SECRET_ACCESS_KEY: &str = "local";
+
 /// An SDK configuration that sends every service to the emulator at `url`, with
-/// throwaway credentials.
+/// throwaway credentials ([`ACCESS_KEY_ID`], [`SECRET_ACCESS_KEY`]).
 pub async fn sdk_config(url: &str, region: &str) -> SdkConfig {
     pipeline::aws::sdk_defaults()
         .endpoint_url(url)
         .region(Region::new(region.to_owned()))
-        .credentials_provider(Credentials::new("local", "local", None, None, "moto"))
+        .credentials_provider(Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "moto",
+        ))
         .load()
         .await
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Context, LambdaEvent};
-use pipeline::ports::{ArtifactStore, JobQueue, JobStore, Redelivery, TextModel};
+use pipeline::ports::{ArtifactStore, JobQueue, JobStore, LiveFeed, Redelivery, TextModel};
 use recovery::Recovery;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -22,8 +22,8 @@ pub trait SqsFunction: Send + Sync {
     -> impl Future<Output = SqsBatchResponse> + Send;
 }
 
-impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> SqsFunction
-    for Worker<S, A, M, R>
+impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery, F: LiveFeed> SqsFunction
+    for Worker<S, A, M, R, F>
 {
     fn invoke(
         &self,

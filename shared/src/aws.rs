@@ -43,6 +43,26 @@ pub fn https_client() -> SharedHttpClient {
     NoEagerConnector(client).into_shared()
 }
 
+/// One HTTPS connection pool of the same kind for calls that no SDK client makes (the Event
+/// API's publish), with a short connect and read time-out: a live feed that does not answer
+/// is skipped, not waited for.
+pub fn https_connector() -> aws_smithy_http_client::Connector {
+    let settings = HttpConnectorSettings::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .read_timeout(std::time::Duration::from_secs(2))
+        .build();
+    aws_smithy_http_client::Connector::builder()
+        .connector_settings(settings)
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(
+            TlsContext::builder()
+                .with_trust_store(trust_store())
+                .build()
+                .expect("a TLS context of a trust store alone is valid"),
+        )
+        .build()
+}
+
 /// The CA bundle named by `SSL_CERT_FILE`, else the distribution's (Amazon Linux, as in
 /// Lambda, then Debian and others); the platform's own lookup when there is none, or when
 /// `SSL_CERT_DIR` names a directory.

@@ -17,8 +17,9 @@ use crate::domain::{
     Revision, TextPiece, Transition, Transitioned, format_timestamp,
 };
 use crate::ports::{
-    ArtifactStore, Flushed, Inserted, JobQueue, JobStore, ModelError, ModelReply, ModelRequest,
-    Page, PageCursor, Progress, Redelivery, TextModel, Unavailable, UsageLedger,
+    ArtifactStore, Flushed, Inserted, JobQueue, JobStore, LiveFeed, MAX_EVENTS_PER_PUBLISH,
+    ModelError, ModelReply, ModelRequest, Page, PageCursor, Progress, Redelivery, TextModel,
+    Unavailable, UsageLedger,
 };
 
 /// A poisoned lock only means that another test thread panicked; the data is still usable.
@@ -225,7 +226,9 @@ impl JobStore for InMemoryJobStore {
         };
         self.check(StoreOp::of(&flush))?;
         Ok(match self.apply(id, &flush, at) {
-            Transitioned::Done(_) => Flushed::Kept,
+            Transitioned::Done(job) => Flushed::Kept {
+                watched_until: job.watched_until,
+            },
             Transitioned::Refused(current) => Flushed::Lost(current.map(Box::new)),
         })
     }
@@ -262,6 +265,23 @@ impl JobStore for InMemoryJobStore {
     ) -> Result<Transitioned, Unavailable> {
         self.check(StoreOp::of(transition))?;
         Ok(self.apply(id, transition, at))
+    }
+
+    async fn watch(
+        &self,
+        id: JobId,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<bool, Unavailable> {
+        self.check(StoreOp::Get)?;
+        let mut state = lock(&self.state);
+        match state.jobs.get_mut(&id) {
+            Some(job) if job.owner == *owner && !job.status.is_terminal() => {
+                job.watched_until = Some(until);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Oldest change first.
@@ -551,6 +571,47 @@ impl Redelivery for RecordedRedelivery {
             return Err(Unavailable::new("RecordedRedelivery", "failed"));
         }
         state.calls.push((receipt_handle.to_owned(), delay));
+        Ok(())
+    }
+}
+
+/// Records what is published on each channel, in order.
+#[derive(Clone, Default)]
+pub struct RecordedFeed {
+    state: Arc<Mutex<FeedState>>,
+}
+
+#[derive(Default)]
+struct FeedState {
+    published: Vec<(String, Vec<String>)>,
+    failing: u32,
+}
+
+impl RecordedFeed {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Each publish so far: its channel and its events (failed publishes are not recorded).
+    pub fn published(&self) -> Vec<(String, Vec<String>)> {
+        lock(&self.state).published.clone()
+    }
+
+    /// The next publish fails with [`Unavailable`].
+    pub fn fail_next(&self) {
+        lock(&self.state).failing += 1;
+    }
+}
+
+impl LiveFeed for RecordedFeed {
+    async fn publish(&self, channel: &str, events: &[String]) -> Result<(), Unavailable> {
+        let mut state = lock(&self.state);
+        if state.failing > 0 {
+            state.failing -= 1;
+            return Err(Unavailable::new("Event API", "injected failure"));
+        }
+        assert!(events.len() <= MAX_EVENTS_PER_PUBLISH, "too many events");
+        state.published.push((channel.to_owned(), events.to_vec()));
         Ok(())
     }
 }

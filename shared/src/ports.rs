@@ -69,8 +69,11 @@ impl Page {
 /// What became of a flush of an attempt's text.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Flushed {
-    /// The piece is part of the job's text; the attempt still holds the job.
-    Kept,
+    /// The piece is part of the job's text; the attempt still holds the job, watched until
+    /// then (see [`Job::watched_until`]).
+    Kept {
+        watched_until: Option<DateTime<Utc>>,
+    },
     /// The attempt no longer holds the job: the job as it is (`None`: there is no such job).
     Lost(Option<Box<Job>>),
 }
@@ -131,6 +134,16 @@ pub trait JobStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Transitioned, Unavailable>> + Send;
 
+    /// Marks `owner`'s unfinished job `id` as watched until `until` (someone subscribed to its
+    /// live channel), without changing it otherwise (its `seq` and `updated_at` stay): `false`
+    /// if there is no such unfinished job of `owner`.
+    fn watch(
+        &self,
+        id: JobId,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, Unavailable>> + Send;
+
     /// The ids of up to `limit` unfinished jobs that have not changed after `unchanged_since`
     /// (recovery's candidates), from an index of unfinished jobs: never a scan of the table.
     fn find_stale(
@@ -155,6 +168,40 @@ pub trait UsageLedger: Send + Sync {
         periods: &[Period],
     ) -> impl Future<Output = Result<Vec<PeriodUsage>, Unavailable>> + Send;
 }
+
+/// The Event API: live events on a job's channel, for whoever subscribed to it.
+pub trait LiveFeed: Send + Sync {
+    /// Publishes `events` (JSON strings, at most [`MAX_EVENTS_PER_PUBLISH`]) on `channel`, in
+    /// order.
+    fn publish(
+        &self,
+        channel: &str,
+        events: &[String],
+    ) -> impl Future<Output = Result<(), Unavailable>> + Send;
+}
+
+/// No live feed: nothing is published (no Event API is configured).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoFeed;
+
+impl LiveFeed for NoFeed {
+    async fn publish(&self, _channel: &str, _events: &[String]) -> Result<(), Unavailable> {
+        Ok(())
+    }
+}
+
+/// A feed that may not be configured: `None` publishes nothing.
+impl<F: LiveFeed> LiveFeed for Option<F> {
+    async fn publish(&self, channel: &str, events: &[String]) -> Result<(), Unavailable> {
+        match self {
+            Some(feed) => feed.publish(channel, events).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The most events one publish carries (AppSync Events' limit).
+pub const MAX_EVENTS_PER_PUBLISH: usize = 5;
 
 /// Counts submissions per caller, for `MAX_JOBS_PER_MINUTE`.
 pub trait SubmissionQuota: Send + Sync {

@@ -220,6 +220,7 @@ impl Stack {
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(4),
             stream_flush: Duration::from_millis(STREAM_FLUSH_MS),
+            live_interval: Duration::from_millis(50),
             prices: std::sync::Arc::new(pipeline::domain::PriceTable::defaults()),
         }
     }
@@ -276,9 +277,9 @@ impl Stack {
     /// What the event source mapping does once: receive a batch, invoke the worker with
     /// `deadline_in` left, delete what it acknowledged, and make its failures visible again
     /// at once (instead of after the visibility timeout).
-    pub async fn deliver(
+    pub async fn deliver<F: pipeline::ports::LiveFeed>(
         &self,
-        worker: &JobWorker,
+        worker: &Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel, SqsJobQueue, F>,
         deadline_in: Duration,
     ) -> (SqsEvent, SqsBatchResponse, Settled) {
         let event = self.events.receive(Duration::from_secs(1)).await.unwrap();
@@ -294,7 +295,10 @@ impl Stack {
     }
 
     /// `deliver` with a generous deadline.
-    pub async fn deliver_once(&self, worker: &JobWorker) -> (SqsEvent, SqsBatchResponse, Settled) {
+    pub async fn deliver_once<F: pipeline::ports::LiveFeed>(
+        &self,
+        worker: &Worker<DynamoJobStore, S3ArtifactStore, BedrockTextModel, SqsJobQueue, F>,
+    ) -> (SqsEvent, SqsBatchResponse, Settled) {
         self.deliver(worker, Duration::from_secs(60)).await
     }
 
@@ -574,4 +578,126 @@ pub fn assert_error(response: &ApiGatewayV2httpResponse, status: i64, code: &str
         "people read it as it is, no markup: {message:?}"
     );
     message
+}
+
+/// Real Cognito tokens of one user, RS256-signed by the emulator's Cognito: an access token of
+/// the pool's app client, its ID token, and an access token of another app client of the same
+/// pool. The gateway's tests and the Event API's share them.
+pub struct Tokens {
+    /// The user's `sub` claim.
+    pub sub: String,
+    pub access: String,
+    pub id: String,
+    pub other_client_access: String,
+}
+
+/// Creates `email` in `pool` and signs it in through the pool's app client and another one.
+pub async fn tokens(aws: &SdkConfig, pool: &local::provision::UserPool, email: &str) -> Tokens {
+    use aws_sdk_cognitoidentityprovider::types::ExplicitAuthFlowsType;
+    local::provision::create_user(aws, pool, email, PASSWORD)
+        .await
+        .unwrap();
+    let other_client = aws_sdk_cognitoidentityprovider::Client::new(aws)
+        .create_user_pool_client()
+        .user_pool_id(&pool.pool_id)
+        .client_name("someone-elses-app")
+        .explicit_auth_flows(ExplicitAuthFlowsType::AllowUserPasswordAuth)
+        .send()
+        .await
+        .unwrap()
+        .user_pool_client
+        .unwrap()
+        .client_id
+        .unwrap();
+    let mine = sign_in(aws, &pool.client_id, email).await;
+    let theirs = sign_in(aws, &other_client, email).await;
+    let access = mine.access_token.unwrap();
+    let sub = jwt::decode(&jwt::segments(&access)[1])["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Tokens {
+        sub,
+        access,
+        id: mine.id_token.unwrap(),
+        other_client_access: theirs.access_token.unwrap(),
+    }
+}
+
+/// Where moto serves `pool`'s JWKS.
+pub fn jwks_url(pool: &local::provision::UserPool) -> String {
+    format!("{}/{}/.well-known/jwks.json", moto_url(), pool.pool_id)
+}
+
+/// The local stack's authorizer for `pool`'s app client, its clock `clock_skew` seconds ahead.
+pub fn authorizer(
+    pool: &local::provision::UserPool,
+    jwks_url: String,
+    clock_skew: i64,
+) -> local::authorizer::JwtAuthorizer {
+    authorizer_with_clock(
+        pool,
+        jwks_url,
+        std::sync::Arc::new(move || (chrono::Utc::now().timestamp() + clock_skew) as u64),
+    )
+}
+
+/// The same, with the clock a test moves.
+pub fn authorizer_with_clock(
+    pool: &local::provision::UserPool,
+    jwks_url: String,
+    clock: local::authorizer::Clock,
+) -> local::authorizer::JwtAuthorizer {
+    local::authorizer::JwtAuthorizer::new(
+        format!(
+            "https://cognito-idp.us-east-1.amazonaws.com/{}",
+            pool.pool_id
+        ),
+        pool.client_id.clone(),
+        jwks_url,
+    )
+    .with_clock(clock)
+}
+
+/// Taking JWTs apart, and forging them.
+pub mod jwt {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::{Value, json};
+
+    pub fn segments(token: &str) -> Vec<String> {
+        token.split('.').map(str::to_owned).collect()
+    }
+
+    pub fn decode(segment: &str) -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
+    }
+
+    pub fn encode(value: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+    }
+
+    /// Forgeries of a real token: each names what was done to it.
+    pub fn forgeries(token: &str) -> Vec<(&'static str, String)> {
+        let [header, payload, signature] = <[String; 3]>::try_from(segments(token)).unwrap();
+        let mut flipped = signature.clone().into_bytes();
+        flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+        let bad_signature = format!("{header}.{payload}.{}", String::from_utf8(flipped).unwrap());
+        let mut claims_of_another = decode(&payload);
+        claims_of_another["sub"] = json!("someone-else");
+        let tampered = format!("{header}.{}.{signature}", encode(&claims_of_another));
+        let mut none_header = decode(&header);
+        none_header["alg"] = json!("none");
+        let alg_none = format!("{}.{payload}.", encode(&none_header));
+        let mut hs_header = decode(&header);
+        hs_header["alg"] = json!("HS256");
+        let alg_hs256 = format!("{}.{payload}.{signature}", encode(&hs_header));
+        vec![
+            ("a bad signature", bad_signature),
+            ("claims changed after signing", tampered),
+            ("alg none", alg_none),
+            ("alg HS256", alg_hs256),
+            ("not a JWT", "let-me-in".to_owned()),
+        ]
+    }
 }

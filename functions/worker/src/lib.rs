@@ -16,13 +16,13 @@ use pipeline::config::{ConfigError, Env};
 use pipeline::delivery::{self, Deliveries, Outcome};
 use pipeline::domain::{
     Artifact, ArtifactResponse, CallUsage, Completion, FailureCode, Job, JobFailure, JobId,
-    JobStatus, Lease, LeaseId, NanoUsd, PriceTable, TokenCounts, Transition, Transitioned, Usage,
-    Written,
+    JobStatus, Lease, LeaseId, LiveEvent, NanoUsd, PriceTable, TokenCounts, Transition,
+    Transitioned, Usage, Written, is_watched, job_channel,
 };
 use pipeline::metrics;
 use pipeline::ports::{
-    ArtifactStore, Flushed, JobStore, ModelError, ModelReply, ModelRequest, Progress, Redelivery,
-    TextModel,
+    ArtifactStore, Flushed, JobStore, LiveFeed, ModelError, ModelReply, ModelRequest, NoFeed,
+    Progress, Redelivery, TextModel,
 };
 use tracing::{info, warn};
 
@@ -32,6 +32,9 @@ pub struct Config {
     pub artifacts_bucket: String,
     /// The jobs queue, whose messages' return the worker times (fast retries).
     pub queue_url: String,
+    /// The Event API's HTTP publish endpoint (`EVENTS_HTTP_URL`); unset, nothing is
+    /// published live.
+    pub events_url: Option<String>,
     pub settings: Settings,
 }
 
@@ -48,6 +51,8 @@ pub struct Settings {
     /// The least time between two flushes of a streaming answer into the job: how much of
     /// its text a crash may lose, and how often a long-poll sees it grow.
     pub stream_flush: Duration,
+    /// The least time between two publishes of a watched job's new text on its live channel.
+    pub live_interval: Duration,
     /// What each model's tokens cost: a succeeded job records its cost.
     pub prices: Arc<PriceTable>,
 }
@@ -58,6 +63,7 @@ impl Config {
             table: env.required("JOBS_TABLE")?,
             artifacts_bucket: env.required("ARTIFACTS_BUCKET")?,
             queue_url: env.required("JOBS_QUEUE_URL")?,
+            events_url: env.optional("EVENTS_HTTP_URL"),
             settings: Settings::from_env(env)?,
         })
     }
@@ -65,7 +71,7 @@ impl Config {
 
 impl Settings {
     /// `MAX_ATTEMPTS`, `RETRY_BASE_SECONDS`, `RETRY_MAX_SECONDS`, `STREAM_FLUSH_MS`,
-    /// `MODEL_PRICES`; the local stack reads them the same way.
+    /// `LIVE_PUBLISH_MS`, `MODEL_PRICES`; the local stack reads them the same way.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             max_attempts: env.max_attempts()?,
@@ -73,6 +79,7 @@ impl Settings {
             retry_base: Duration::from_secs(env.positive("RETRY_BASE_SECONDS", 2)?),
             retry_cap: Duration::from_secs(env.positive("RETRY_MAX_SECONDS", 60)?),
             stream_flush: Duration::from_millis(env.positive("STREAM_FLUSH_MS", 2000)?),
+            live_interval: Duration::from_millis(env.positive("LIVE_PUBLISH_MS", 75)?),
             prices: Arc::new(env.prices()?),
         })
     }
@@ -87,12 +94,23 @@ pub fn retry_delay(attempts: u32, base: Duration, cap: Duration, jitter: f64) ->
     ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-pub struct Worker<S, A, M, R> {
+pub struct Worker<S, A, M, R, F = NoFeed> {
     store: S,
     artifacts: A,
     model: M,
     queue: R,
+    /// Where a watched job's text goes as it comes (the Event API).
+    feed: F,
     settings: Settings,
+}
+
+/// What an attempt publishes on its job's live channel.
+struct Live {
+    /// `None`: the job's owner has no channel.
+    channel: Option<String>,
+    watched: bool,
+    /// The bytes of the attempt's text published so far.
+    published: usize,
 }
 
 /// One delivery of a job, in one invocation.
@@ -103,17 +121,37 @@ struct Delivery<'a> {
     deadline: Option<DateTime<Utc>>,
 }
 
-impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M, R> {
+impl<S, A, M, R> Worker<S, A, M, R> {
+    /// A worker that publishes nothing live (see [`Worker::with_feed`]).
     pub fn new(store: S, artifacts: A, model: M, queue: R, settings: Settings) -> Self {
         Self {
             store,
             artifacts,
             model,
             queue,
+            feed: NoFeed,
             settings,
         }
     }
+}
 
+impl<S, A, M, R, F> Worker<S, A, M, R, F> {
+    /// The same worker, publishing watched jobs' text on `feed`.
+    pub fn with_feed<G: LiveFeed>(self, feed: G) -> Worker<S, A, M, R, G> {
+        Worker {
+            store: self.store,
+            artifacts: self.artifacts,
+            model: self.model,
+            queue: self.queue,
+            feed,
+            settings: self.settings,
+        }
+    }
+}
+
+impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery, F: LiveFeed>
+    Worker<S, A, M, R, F>
+{
     /// Processes a batch concurrently and lists only the messages to retry.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> SqsBatchResponse {
         let deadline = (event.context.deadline > 0)
@@ -177,7 +215,7 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
 
         let started = Instant::now();
         let (progress, text) = Progress::channel();
-        let flusher = self.flush_while_streaming(&job, &lease.id, text);
+        let flusher = self.stream_out(&job, &lease.id, text);
         tokio::pin!(flusher);
         let reply = tokio::select! {
             reply = self.generate(&job, delivery.deadline, &progress) => reply,
@@ -228,42 +266,88 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery> Worker<S, A, M,
         }
     }
 
-    /// Adds the text the model wrote since the last flush to the job, at the first text and
-    /// then at most once per `stream_flush`, each write conditional on the lease. Each flush
-    /// writes only what is new, so a job's writes grow with its answer, not with how often it
-    /// is flushed. Ends when the call's text is complete (its sender dropped), with what the
-    /// job holds of this attempt's text; or when a flush is refused: the attempt lost the job
-    /// (`None`: the job is gone).
-    async fn flush_while_streaming(
+    /// Follows the call's text as it grows. While the job is watched (someone subscribed to
+    /// its live channel), publishes what is new at most every `live_interval`, so that a
+    /// watcher sees the text as it is written; and adds what is new to the job itself at the
+    /// first text and then at most every `stream_flush`, each write conditional on the lease
+    /// and writing only what is new, so a job's writes grow with its answer. Ends when the call
+    /// is over (its text's sender dropped), having published the rest, with what the job holds
+    /// of this attempt's text; or when a flush is refused: the attempt lost the job (`None`:
+    /// the job is gone).
+    async fn stream_out(
         &self,
         job: &Job,
         lease: &LeaseId,
         mut text: tokio::sync::watch::Receiver<String>,
     ) -> Result<Written, Option<Job>> {
+        let mut live = Live {
+            channel: job_channel(&job.owner, job.id),
+            watched: is_watched(job.watched_until, Utc::now()),
+            published: 0,
+        };
         let mut written = Written::default();
-        let mut next_flush: Option<Instant> = None;
+        let mut next_flush = Instant::now();
         loop {
             // A call that has ended leaves its last text to the outcome's write.
             if text.changed().await.is_err() || text.has_changed().is_err() {
+                let rest = text.borrow().clone();
+                self.publish(job, &mut live, &rest).await;
                 return Ok(written);
             }
-            // The pause between flushes, cut short when the call ends: what is left is the
-            // outcome's to write.
-            while let Some(next) = next_flush.filter(|next| *next > Instant::now()) {
+            // Gather what comes for a moment, unless the call ends meanwhile.
+            let pause = if live.watched {
+                self.settings.live_interval
+            } else {
+                next_flush.saturating_duration_since(Instant::now())
+            };
+            let until = Instant::now() + pause;
+            while until > Instant::now() {
                 tokio::select! {
-                    () = tokio::time::sleep_until(next.into()) => break,
+                    () = tokio::time::sleep_until(until.into()) => break,
                     changed = text.changed() => if changed.is_err() {
+                        let rest = text.borrow().clone();
+                self.publish(job, &mut live, &rest).await;
                         return Ok(written);
                     },
                 }
             }
-            next_flush = Some(Instant::now() + self.settings.stream_flush);
-            let piece = written.piece_for(job, &text.borrow_and_update());
+            let so_far = text.borrow_and_update().clone();
+            self.publish(job, &mut live, &so_far).await;
+            if Instant::now() < next_flush {
+                continue;
+            }
+            next_flush = Instant::now() + self.settings.stream_flush;
+            let piece = written.piece_for(job, &so_far);
             match self.store.flush(job.id, lease, &piece, Utc::now()).await {
-                Ok(Flushed::Kept) => written = written.with(&piece),
+                Ok(Flushed::Kept { watched_until }) => {
+                    written = written.with(&piece);
+                    live.watched = is_watched(watched_until, Utc::now());
+                }
                 Ok(Flushed::Lost(current)) => return Err(current.map(|job| *job)),
                 Err(cause) => warn!(%cause, "could not flush the text so far; the next flush will"),
             }
+        }
+    }
+
+    /// Publishes what `text` adds to what was published, if the job is watched. Best effort:
+    /// a failed publish is logged and its text goes with the next one (watchers of a feed
+    /// that fails read the job instead).
+    async fn publish(&self, job: &Job, live: &mut Live, text: &str) {
+        let Some(channel) = live.channel.as_deref().filter(|_| live.watched) else {
+            return;
+        };
+        let Some(new) = text.get(live.published..).filter(|new| !new.is_empty()) else {
+            return;
+        };
+        let event = LiveEvent::Text {
+            job_id: job.id.to_string(),
+            attempt: job.attempts,
+            offset: live.published,
+            text: new.to_owned(),
+        };
+        match self.feed.publish(channel, &[event.to_json()]).await {
+            Ok(()) => live.published = text.len(),
+            Err(cause) => warn!(%cause, "could not publish the text so far; the next publish will"),
         }
     }
 

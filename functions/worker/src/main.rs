@@ -2,7 +2,9 @@
 
 use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use pipeline::adapters::{BedrockTextModel, DynamoJobStore, S3ArtifactStore, SqsJobQueue};
+use pipeline::adapters::{
+    AppSyncEvents, BedrockTextModel, DynamoJobStore, S3ArtifactStore, SqsJobQueue,
+};
 use worker::{Config, Worker};
 
 #[tokio::main]
@@ -14,6 +16,11 @@ async fn main() -> Result<(), Error> {
         BedrockTextModel::new(&aws),
         SqsJobQueue::new(&aws, config.queue_url),
         config.settings,
+    )
+    .with_feed(
+        config
+            .events_url
+            .and_then(|url| AppSyncEvents::new(&aws, url)),
     );
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async {
         Ok::<_, Error>(worker.handle(event).await)

@@ -14,7 +14,8 @@ use pipeline::domain::{
     LeaseId, NanoUsd, Owner, Revision, TextPiece, Transition, Transitioned, Usage,
 };
 use pipeline::fakes::{
-    InMemoryArtifacts, InMemoryJobStore, RecordedRedelivery, ScriptedModel, StoreOp, model_reply,
+    InMemoryArtifacts, InMemoryJobStore, RecordedFeed, RecordedRedelivery, ScriptedModel, StoreOp,
+    model_reply,
 };
 use pipeline::ports::{
     Flushed, Inserted, JobStore, ModelError, ModelRequest, Page, PageCursor, Unavailable,
@@ -35,6 +36,7 @@ fn settings(max_attempts: u32) -> Settings {
         retry_base: BASE,
         retry_cap: CAP,
         stream_flush: Duration::from_millis(STREAM_FLUSH_MS),
+        live_interval: Duration::from_millis(20),
         prices: std::sync::Arc::new(pipeline::domain::PriceTable::defaults()),
     }
 }
@@ -45,7 +47,8 @@ struct World<S = InMemoryJobStore> {
     artifacts: InMemoryArtifacts,
     model: ScriptedModel,
     queue: RecordedRedelivery,
-    worker: Worker<S, InMemoryArtifacts, ScriptedModel, RecordedRedelivery>,
+    feed: RecordedFeed,
+    worker: Worker<S, InMemoryArtifacts, ScriptedModel, RecordedRedelivery, RecordedFeed>,
 }
 
 impl World {
@@ -58,19 +61,21 @@ impl World {
 impl<S: JobStore> World<S> {
     /// A worker on `worker_store`, which wraps `store`.
     fn around(store: InMemoryJobStore, worker_store: S, max_attempts: u32) -> Self {
-        let (artifacts, model, queue) = Default::default();
+        let (artifacts, model, queue, feed) = Default::default();
         let worker = Worker::new(
             worker_store,
             InMemoryArtifacts::clone(&artifacts),
             ScriptedModel::clone(&model),
             RecordedRedelivery::clone(&queue),
             settings(max_attempts),
-        );
+        )
+        .with_feed(RecordedFeed::clone(&feed));
         Self {
             store,
             artifacts,
             model,
             queue,
+            feed,
             worker,
         }
     }
@@ -878,6 +883,15 @@ impl JobStore for LeaseEndsDuringTheRefusal {
         result
     }
 
+    async fn watch(
+        &self,
+        id: JobId,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<bool, Unavailable> {
+        self.0.watch(id, owner, until).await
+    }
+
     async fn find_stale(
         &self,
         unchanged_since: DateTime<Utc>,
@@ -1221,4 +1235,124 @@ async fn a_jobs_life_is_written_as_emf_metrics() {
             .all(|record| record.get("JobsFailed").is_none()),
         "it did not fail"
     );
+}
+
+/// The text events published for `job`: each on its channel, parsed.
+fn published_text(world: &World, job: &Job) -> Vec<serde_json::Value> {
+    let channel = pipeline::domain::job_channel(&job.owner, job.id).unwrap();
+    world
+        .feed
+        .published()
+        .into_iter()
+        .inspect(|(on, _)| assert_eq!(*on, channel))
+        .flat_map(|(_, events)| events)
+        .map(|event| serde_json::from_str(&event).unwrap())
+        .collect()
+}
+
+/// What a watcher makes of the events: each starts where the last ended, so they join to the
+/// text exactly once.
+fn joined(events: &[serde_json::Value]) -> String {
+    let mut text = String::new();
+    for event in events {
+        assert_eq!(event["type"], "text", "{event}");
+        assert_eq!(
+            event["offset"].as_u64().unwrap() as usize,
+            text.len(),
+            "{event}"
+        );
+        text.push_str(event["text"].as_str().unwrap());
+    }
+    text
+}
+
+const STORY: [&str; 5] = ["Once", " upon", " a", " time", "."];
+
+fn stream_story(world: &World) {
+    world.model.push_stream(
+        &STORY,
+        Duration::from_millis(60),
+        Ok(model_reply(&STORY.concat())),
+    );
+}
+
+/// A watched job's text reaches its channel as it is written, in events that join to the
+/// whole answer, all published before the job is recorded as succeeded.
+#[tokio::test]
+async fn a_watched_jobs_text_is_published_as_it_comes() {
+    let world = World::new(3);
+    let mut job = queued_job();
+    job.watched_until = Some(Utc::now() + chrono::Duration::minutes(15));
+    world.store.seed(job.clone());
+    stream_story(&world);
+
+    assert!(
+        world
+            .deliver(vec![message(job.id, "m-1", 1)])
+            .await
+            .is_empty()
+    );
+
+    let events = published_text(&world, &job);
+    assert!(events.len() >= 3, "published as it came: {events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|event| event["attempt"] == 1 && event["job_id"] == job.id.to_string())
+    );
+    assert_eq!(joined(&events), STORY.concat());
+    let after = world.store.job(job.id).unwrap();
+    assert_eq!(after.status, JobStatus::Succeeded);
+    assert_eq!(after.completion.unwrap().output, STORY.concat());
+}
+
+/// Nobody watches: nothing is published (each publish is paid for).
+#[tokio::test]
+async fn an_unwatched_job_publishes_nothing() {
+    let world = World::new(3);
+    let job = queued_job();
+    world.store.seed(job.clone());
+    stream_story(&world);
+
+    assert!(
+        world
+            .deliver(vec![message(job.id, "m-1", 1)])
+            .await
+            .is_empty()
+    );
+    assert!(world.feed.published().is_empty());
+    assert_eq!(
+        world.store.job(job.id).unwrap().status,
+        JobStatus::Succeeded
+    );
+}
+
+/// Someone subscribes after the attempt started: the attempt learns it at its next flush and
+/// publishes from the start of its text, so the watcher misses nothing; a failed publish is
+/// made up by the next one.
+#[tokio::test]
+async fn a_job_watched_after_its_start_publishes_all_its_text_from_then_on() {
+    let world = World::new(3);
+    let job = queued_job();
+    world.store.seed(job.clone());
+    stream_story(&world);
+    let store = world.store.clone();
+    let id = job.id;
+    world.model.during_call(move |_| {
+        let mut started = store.job(id).unwrap();
+        started.watched_until = Some(Utc::now() + chrono::Duration::minutes(15));
+        store.seed(started);
+    });
+    world.feed.fail_next();
+
+    assert!(
+        world
+            .deliver(vec![message(job.id, "m-1", 1)])
+            .await
+            .is_empty()
+    );
+
+    let events = published_text(&world, &job);
+    assert!(!events.is_empty());
+    assert_eq!(joined(&events), STORY.concat(), "from offset 0, once");
 }

@@ -572,11 +572,19 @@ impl JobStore for DynamoJobStore {
             .condition_expression(update.condition)
             .set_expression_attribute_names(Some(update.names))
             .set_expression_attribute_values(Some(update.values))
+            // The state is small: whether the job is watched comes back at no cost.
+            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Flushed::Kept),
+            Ok(output) => Ok(Flushed::Kept {
+                watched_until: output
+                    .attributes
+                    .as_ref()
+                    .and_then(|state| Record(state).number::<i64>("watched_until").ok().flatten())
+                    .and_then(DateTime::from_timestamp_millis),
+            }),
             Err(error) => match error.into_service_error() {
                 UpdateItemError::ConditionalCheckFailedException(refusal) => Ok(Flushed::Lost(
                     self.whole_one(refusal.item).await?.map(Box::new),
@@ -631,7 +639,7 @@ impl JobStore for DynamoJobStore {
         match transition {
             Transition::Flush { lease, piece } => {
                 return Ok(match self.flush(id, lease, piece, at).await? {
-                    Flushed::Kept => match self.get(id).await? {
+                    Flushed::Kept { .. } => match self.get(id).await? {
                         Some(job) => Transitioned::Done(job),
                         None => Transitioned::Refused(None),
                     },
@@ -697,6 +705,35 @@ impl JobStore for DynamoJobStore {
                 }
                 other => Err(Unavailable::new("DynamoDB UpdateItem", describe(&other))),
             },
+        }
+    }
+
+    /// Neither `seq` nor `updated_at` moves: a subscription is not a change of the job, and
+    /// must not wake its long-polls or keep it from the sweep.
+    async fn watch(
+        &self,
+        id: JobId,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<bool, Unavailable> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .update_expression("SET #watched_until = :until")
+            .condition_expression("#owner = :owner AND attribute_exists(#unfinished)")
+            .expression_attribute_names("#watched_until", "watched_until")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#unfinished", "unfinished")
+            .expression_attribute_values(":until", n(until.timestamp_millis()))
+            .expression_attribute_values(":owner", s(owner.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if condition_failed(&error) => Ok(false),
+            Err(error) => Err(Unavailable::new("DynamoDB UpdateItem", describe(&error))),
         }
     }
 
@@ -1201,6 +1238,10 @@ fn item_to_job(
         idempotency_key: record
             .text("idempotency_key")
             .and_then(|key| IdempotencyKey::parse(key).ok()),
+        watched_until: record
+            .number::<i64>("watched_until")
+            .map_err(corrupt)?
+            .and_then(DateTime::from_timestamp_millis),
         recorded_usage: match (status, number("input_tokens")?) {
             (JobStatus::Cancelled, Some(input_tokens)) => Some(CallUsage {
                 usage: Usage {

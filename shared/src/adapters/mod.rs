@@ -1,11 +1,13 @@
 //! One adapter per AWS service, each implementing one port.
 
+mod appsync;
 mod bedrock;
 mod cognito;
 mod dynamodb;
 mod s3;
 mod sqs;
 
+pub use appsync::AppSyncEvents;
 pub use bedrock::BedrockTextModel;
 pub use cognito::CognitoSessionCheck;
 pub use dynamodb::{DynamoJobStore, OWNER_INDEX, UNFINISHED_INDEX};

@@ -511,6 +511,10 @@ pub struct Job {
     pub reservation: Option<Amount>,
     /// What the model call of a cancelled job used, when the call ended after the stop.
     pub recorded_usage: Option<CallUsage>,
+    /// Until when someone subscribed to the job's live channel: while it is watched, its
+    /// attempt publishes its text as it comes (see [`crate::domain::WATCH_FOR`]). Marking it
+    /// is not a change of the job: its `seq` stays.
+    pub watched_until: Option<DateTime<Utc>>,
 }
 
 impl Job {
@@ -544,6 +548,7 @@ impl Job {
             idempotency_key,
             reservation: None,
             recorded_usage: None,
+            watched_until: None,
         }
     }
 

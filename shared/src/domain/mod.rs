@@ -4,6 +4,7 @@ mod artifact;
 mod budget;
 mod error;
 mod job;
+mod live;
 mod message;
 mod pricing;
 mod quota;
@@ -20,6 +21,7 @@ pub use job::{
     CallUsage, Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus,
     Lease, LeaseId, Owner, Revision, Standing, TextPiece, Transition, Transitioned, Usage, Written,
 };
+pub use live::{LIVE_NAMESPACE, LiveEvent, WATCH_FOR, is_watched, job_channel};
 pub use message::{decode_job_message, encode_job_message};
 pub use pricing::{NanoUsd, Price, PriceError, PriceTable, TokenCounts};
 pub use quota::RateWindow;

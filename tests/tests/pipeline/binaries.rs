@@ -168,6 +168,8 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
         "ARTIFACTS_BUCKET=",
         "AWS_ENDPOINT_URL_BEDROCK_RUNTIME=",
         "DEAD_LETTER_QUEUE_URL=http://127.0.0.1:",
+        "EVENTS_HTTP_URL=http://127.0.0.1:",
+        "EVENTS_REALTIME_URL=ws://127.0.0.1:",
     ] {
         assert!(
             banner
@@ -186,6 +188,20 @@ async fn the_local_stack_prints_what_a_newcomer_needs_and_serves_curl() {
         .unwrap();
     let url = gateway.split_whitespace().last().unwrap().to_owned();
     let port = url.rsplit(':').next().unwrap();
+    // The web UI learns where the Event API is from its configuration.
+    let config: serde_json::Value = reqwest::get(format!("{url}/config.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config["events"],
+        serde_json::json!({
+            "http": format!("{url}/event"),
+            "realtime": format!("ws://127.0.0.1:{port}/event/realtime"),
+        })
+    );
 
     let token = Command::new(binary("local-stack"))
         .args(["token", "--port", port])

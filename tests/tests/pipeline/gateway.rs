@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_sdk_cognitoidentityprovider::Client as Cognito;
-use aws_sdk_cognitoidentityprovider::types::ExplicitAuthFlowsType;
 use axum::Router;
 use axum::extract::{Path, Request};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use integration_tests::jwt::{decode, encode, forgeries, segments};
 use integration_tests::*;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
 use local::authorizer::JwtAuthorizer;
+use local::events::EventApi;
 use local::gateway::{self, GatewayConfig};
 use local::provision::{UserPool, create_user, create_user_pool};
 use serde_json::{Value, json};
@@ -55,55 +54,6 @@ impl Recorder {
     }
 }
 
-struct Tokens {
-    access: String,
-    id: String,
-    other_client_access: String,
-}
-
-async fn tokens(stack: &Stack, pool: &UserPool) -> Tokens {
-    create_user(&stack.aws, pool, "ada@example.com", PASSWORD)
-        .await
-        .unwrap();
-    let other_client = Cognito::new(&stack.aws)
-        .create_user_pool_client()
-        .user_pool_id(&pool.pool_id)
-        .client_name("someone-elses-app")
-        .explicit_auth_flows(ExplicitAuthFlowsType::AllowUserPasswordAuth)
-        .send()
-        .await
-        .unwrap()
-        .user_pool_client
-        .unwrap()
-        .client_id
-        .unwrap();
-    let mine = sign_in(&stack.aws, &pool.client_id, "ada@example.com").await;
-    let theirs = sign_in(&stack.aws, &other_client, "ada@example.com").await;
-    Tokens {
-        access: mine.access_token.unwrap(),
-        id: mine.id_token.unwrap(),
-        other_client_access: theirs.access_token.unwrap(),
-    }
-}
-
-fn authorizer(pool: &UserPool, jwks_url: String, clock_skew: i64) -> JwtAuthorizer {
-    JwtAuthorizer::new(
-        format!(
-            "https://cognito-idp.us-east-1.amazonaws.com/{}",
-            pool.pool_id
-        ),
-        pool.client_id.clone(),
-        jwks_url,
-    )
-    .with_clock(Arc::new(move || {
-        (chrono::Utc::now().timestamp() + clock_skew) as u64
-    }))
-}
-
-fn jwks_url(pool: &UserPool) -> String {
-    format!("{}/{}/.well-known/jwks.json", moto_url(), pool.pool_id)
-}
-
 /// Serves the gateway (with `clock_skew` seconds added to its clock) and returns its URL.
 async fn serve(pool: &UserPool, functions: &Recorder, clock_skew: i64) -> String {
     serve_with(
@@ -121,9 +71,15 @@ async fn serve_with(authorizer: JwtAuthorizer, pool: &UserPool, functions: &Reco
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
+    // The Event API's own authorizer is never asked here: no JWKS fetch comes from it.
+    let events = Arc::new(EventApi::new(
+        integration_tests::authorizer(pool, jwks_url(pool), 0),
+        "us-east-1",
+    ));
     let app = gateway::router(
         functions.router(),
         functions.router(),
+        events.router(),
         authorizer,
         GatewayConfig {
             web_dir,
@@ -135,18 +91,6 @@ async fn serve_with(authorizer: JwtAuthorizer, pool: &UserPool, functions: &Reco
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url
-}
-
-fn segments(token: &str) -> Vec<String> {
-    token.split('.').map(str::to_owned).collect()
-}
-
-fn decode(segment: &str) -> Value {
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
-}
-
-fn encode(value: &Value) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
 }
 
 async fn get(url: &str, bearer: Option<&str>) -> (u16, Value) {
@@ -165,7 +109,7 @@ async fn get(url: &str, bearer: Option<&str>) -> (u16, Value) {
 async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
     let stack = Stack::new().await;
     let pool = create_user_pool(&stack.aws, "gateway-test").await.unwrap();
-    let tokens = tokens(&stack, &pool).await;
+    let tokens = tokens(&stack.aws, &pool, "ada@example.com").await;
     let calls = Recorder::default();
     let url = serve(&pool, &calls, 0).await;
 
@@ -198,33 +142,19 @@ async fn only_a_valid_access_token_of_our_client_reaches_a_function() {
     assert_eq!(anonymous.status(), 401, "behind the authorizer");
     assert_eq!(calls.calls(), 3);
 
-    let [header, payload, signature] = <[String; 3]>::try_from(segments(&tokens.access)).unwrap();
-    let mut flipped = signature.clone().into_bytes();
-    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
-    let bad_signature = format!("{header}.{payload}.{}", String::from_utf8(flipped).unwrap());
-    let mut claims_of_another = decode(&payload);
-    claims_of_another["sub"] = json!("someone-else");
-    let tampered = format!("{header}.{}.{signature}", encode(&claims_of_another));
-    let mut none_header = decode(&header);
-    none_header["alg"] = json!("none");
-    let alg_none = format!("{}.{payload}.", encode(&none_header));
-    let mut hs_header = decode(&header);
-    hs_header["alg"] = json!("HS256");
-    let alg_hs256 = format!("{}.{payload}.{signature}", encode(&hs_header));
-
-    for (case, token) in [
-        ("a bad signature", Some(bad_signature.as_str())),
-        ("claims changed after signing", Some(tampered.as_str())),
-        ("alg none", Some(alg_none.as_str())),
-        ("alg HS256", Some(alg_hs256.as_str())),
-        ("an ID token", Some(tokens.id.as_str())),
-        (
-            "another app client's token",
-            Some(tokens.other_client_access.as_str()),
-        ),
-        ("not a JWT", Some("let-me-in")),
-        ("no Authorization header", None),
-    ] {
+    let forged = forgeries(&tokens.access);
+    let bad_tokens = forged
+        .iter()
+        .map(|(case, token)| (*case, Some(token.as_str())))
+        .chain([
+            ("an ID token", Some(tokens.id.as_str())),
+            (
+                "another app client's token",
+                Some(tokens.other_client_access.as_str()),
+            ),
+            ("no Authorization header", None),
+        ]);
+    for (case, token) in bad_tokens {
         let (status, body) = get(&url, token).await;
         assert_eq!(status, 401, "{case}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{case}");
@@ -252,7 +182,7 @@ async fn other_methods_on_unknown_paths_reach_the_functions_behind_the_authorize
     let pool = create_user_pool(&stack.aws, "gateway-test-default")
         .await
         .unwrap();
-    let tokens = tokens(&stack, &pool).await;
+    let tokens = tokens(&stack.aws, &pool, "ada@example.com").await;
     let calls = Recorder::default();
     let url = serve(&pool, &calls, 0).await;
     let http = reqwest::Client::new();
@@ -434,7 +364,7 @@ async fn only_requests_addressed_to_the_gateway_by_name_are_answered() {
 async fn an_unknown_key_id_refetches_the_jwks_at_most_once_per_interval() {
     let stack = Stack::new().await;
     let pool = create_user_pool(&stack.aws, "gateway-jwks").await.unwrap();
-    let tokens = tokens(&stack, &pool).await;
+    let tokens = tokens(&stack.aws, &pool, "ada@example.com").await;
 
     // A JWKS endpoint in front of moto's that counts its fetches.
     let fetches = Arc::new(AtomicUsize::new(0));
@@ -482,7 +412,7 @@ async fn an_unknown_key_id_refetches_the_jwks_at_most_once_per_interval() {
 async fn concurrent_first_requests_wait_for_the_keys_and_pass() {
     let stack = Stack::new().await;
     let pool = create_user_pool(&stack.aws, "gateway-first").await.unwrap();
-    let tokens = tokens(&stack, &pool).await;
+    let tokens = tokens(&stack.aws, &pool, "ada@example.com").await;
     let calls = Recorder::default();
     let url = serve(&pool, &calls, 0).await;
     let requests = (0..8).map(|_| get(&url, Some(&tokens.access)));

@@ -289,3 +289,81 @@ async fn prefer_wait_answers_with_the_finished_job_in_one_request() {
         );
     }
 }
+
+/// A subscription marks the owner's unfinished job watched without changing it (its `seq`
+/// and `updated_at` stay, so no long-poll wakes and the sweep's clock runs on); an attempt
+/// learns of it when it starts and at each flush. Nobody else's job, and no finished job, is
+/// marked.
+#[tokio::test]
+async fn a_watch_marks_only_the_owners_unfinished_job_and_the_attempt_sees_it() {
+    use pipeline::domain::{JobId, Lease, Owner, TextPiece, Transition, Transitioned};
+    use pipeline::ports::{Flushed, JobStore};
+
+    let stack = Stack::new().await;
+    let store = stack.store();
+    let id = JobId::parse(&stack.submit(USER, "watch me").await).unwrap();
+    let before = stack.job(&id.to_string()).await.unwrap();
+    let until = chrono::Utc::now() + pipeline::domain::WATCH_FOR;
+
+    assert!(
+        !store
+            .watch(id, &Owner::new("someone-else"), until)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .watch(JobId::random(), &Owner::new(USER), until)
+            .await
+            .unwrap()
+    );
+    assert!(store.watch(id, &Owner::new(USER), until).await.unwrap());
+    let watched = stack.job(&id.to_string()).await.unwrap();
+    assert_eq!(
+        (watched.seq, watched.updated_at),
+        (before.seq, before.updated_at),
+        "not a change of the job"
+    );
+    assert_eq!(
+        watched.watched_until.map(|at| at.timestamp_millis()),
+        Some(until.timestamp_millis())
+    );
+
+    let lease = Lease::new(chrono::Utc::now() + chrono::Duration::seconds(60));
+    let start = Transition::Start {
+        lease: lease.clone(),
+        max_attempts: MAX_ATTEMPTS,
+    };
+    let Transitioned::Done(started) = store
+        .transition(id, &start, chrono::Utc::now())
+        .await
+        .unwrap()
+    else {
+        panic!("the start was refused");
+    };
+    assert_eq!(
+        started.watched_until, watched.watched_until,
+        "the attempt sees it"
+    );
+    let piece = TextPiece::whole(&started, "Once");
+    let flushed = store
+        .flush(id, &lease.id, &piece, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        flushed,
+        Flushed::Kept {
+            watched_until: watched.watched_until
+        }
+    );
+
+    let cancel = Transition::Cancel { running: true };
+    store
+        .transition(id, &cancel, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        !store.watch(id, &Owner::new(USER), until).await.unwrap(),
+        "a finished job is not marked"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod binaries;
 mod budgets;
+mod events;
 mod gateway;
 mod generate;
 mod iam_callers;
