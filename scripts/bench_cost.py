@@ -12,7 +12,7 @@ the table PRICES below. Everything listens and talks on 127.0.0.1 only.
         [--stack-bin PATH] [--words-per-second 40] [--env NAME=VALUE ...] [--stack-arg ARG ...]
         [--logs DIR]
     .venv/bin/python scripts/bench_cost.py --prices       # the price table, and exit
-    .venv/bin/python scripts/bench_cost.py --self-test    # the item-size checks, and exit
+    .venv/bin/python scripts/bench_cost.py --self-test    # the item-size and splice checks, and exit
 
 Job shapes (the offline model echoes the prompt after an 18-word preamble, one word = one
 token, cut at max_tokens; local/src/converse.rs, offline_reply):
@@ -28,8 +28,17 @@ it is terminal and the stack has been quiet for a moment (trailing tidy-ups incl
     long-poll  the same, plus a watcher that follows the job as the web UI does: one GET
                /jobs/{id}, then GET /jobs/{id}?wait=20&after=SEQ until the job is terminal;
                each request is one status-function invocation, held for its wall time
-    push       one WebSocket watcher on the stack's AppSync Events-style endpoint; skipped,
-               with a note, while the stack names none (see push_watcher)
+    push       the same, plus a watcher that follows the job by push, as a resuming client
+               of the web UI does (docs/contract.md, "Live output by push"): one WebSocket to
+               the stack's AppSync Events endpoint (config.json's events.realtime), opened
+               right before the POST; a subscribe to the job's channel right after it (the
+               subscribe handler's watch mark, an UpdateItem, is counted as the watcher's);
+               one GET /jobs/{id} (one status invocation); then the text events until the job
+               is terminal (read from moto, uncounted) and the stack's log says every event
+               published on the channel was delivered. The events, spliced by offset onto the
+               text that read returned, must give the job's final output exactly, or the run
+               fails. Publishes and deliveries are checked against the stack's log ("events
+               published" lines). Skipped, with a note, when the stack names no endpoint
 
 What counts, and how:
   DynamoDB   capacity units as DynamoDB bills them, from item sizes (item_size): a write is
@@ -52,19 +61,26 @@ What counts, and how:
              the HTTP request x 0.25 GB (MemorySize 256 in template.yaml); not the worker's
              time waiting on the model, which every design pays
   API GW     one HTTP API request per API request
+  AppSync    Events: the worker's publishes (inbound) and their deliveries (outbound), from
+             the stack's log, and the watcher's connect, subscribe and keep-alive messages,
+             each an Event API operation per started 5 KB of its event (an upper bound: see
+             APPSYNC_OPERATIONS); connection-minutes from the watcher's wall time connected,
+             rounded up to whole minutes
   Cognito    counted and shown, never charged to the job (Cognito bills monthly users)
   tokens     the job's usage (GET /jobs/{id}) at the model's price: the yardstick
 
 The local stack is started with --sweep-every 3600, so that the recovery sweep's queries
-stay out of the counts, and one uncounted warm-up job runs first (the authorizer's JWKS
-fetch, the day's and month's ledger items). Needs Python 3 (the standard library only) and
-moto in .venv (./scripts/dev.sh or ./scripts/test.sh install it).
+stay out of the counts, and one uncounted warm-up job runs first (the authorizers' JWKS
+fetches, the day's and month's ledger items), followed by push when push is measured. Needs
+Python 3 (the standard library only: the WebSocket client is the small one below) and moto
+in .venv (./scripts/dev.sh or ./scripts/test.sh install it).
 """
 
 import argparse
 import atexit
 import base64
 import ctypes
+import hashlib
 import http.client
 import json
 import math
@@ -80,6 +96,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -110,6 +127,17 @@ PRICES = {
 }
 PRICED_MODEL = "amazon.nova-micro-v1:0"
 LAMBDA_GB = 256 / 1024  # MemorySize of the api and status functions in template.yaml
+
+# What AppSync Events bills as Event API operations. AWS's price list has the rate ("$1 per
+# million Event API operations") and the AppSync pricing page $0.08 per million
+# connection-minutes; what we could read of them does not say whether the connect, the
+# subscribe and the keep-alives are operations too, nor whether a large message counts as
+# several. So the bench counts every message of these kinds as an operation per started
+# APPSYNC_METERED_BYTES of its payload (an upper bound; each costs $0.000001, and every event
+# here is far smaller than 5 KB), and connection-minutes rounded up to whole minutes. The
+# subscribe handler's DynamoDB write is counted at the proxy, like any other.
+APPSYNC_OPERATIONS = ("publishes", "deliveries", "connects", "subscribes", "keep_alives")
+APPSYNC_METERED_BYTES = 5 * 1024
 
 # The offline model's preamble before the echoed prompt (local/src/converse.rs): 18 words
 # with the default model id, so an answer of N prompt words is 18 + N tokens long.
@@ -200,7 +228,8 @@ def read_units(size, consistent):
 
 
 def self_checks():
-    """The size rules on hand-computed items; raises AssertionError on a mistake."""
+    """The size rules on hand-computed items, and the push watcher's splice; raises
+    AssertionError on a mistake."""
     checks = [
         ({"job_id": {"S": "abc"}}, 6 + 3),
         ({"n": {"N": "123"}}, 1 + 3),             # 3 significant digits: 2 + 1
@@ -219,6 +248,16 @@ def self_checks():
         assert item_size(item) == expected, f"item_size({item}) = {item_size(item)}, not {expected}"
     assert write_units(0) == 1 and write_units(1024) == 1 and write_units(1025) == 2
     assert read_units(4096, True) == 1 and read_units(4097, False) == 1.0 and read_units(10, False) == 0.5
+    # the push watcher's splice (offsets in bytes of UTF-8, per attempt)
+    def event(attempt, offset, text):
+        return {"attempt": attempt, "offset": offset, "text": text}
+
+    read = {"attempts": 1, "output": "héllo"}  # 6 bytes
+    assert splice_events(read, [event(1, 6, " you")]) == ("héllo you", None)
+    assert splice_events(read, [event(1, 0, "héllo w"), event(1, 8, "orld")]) == ("héllo world", None)
+    assert splice_events(read, [event(1, 7, "x")])[1] == event(1, 7, "x")  # a gap: one was missed
+    assert splice_events(read, [event(2, 0, "new")]) == ("new", None)      # a new attempt starts anew
+    assert splice_events({"attempts": 0, "output": ""}, [event(1, 0, "a"), event(1, 1, "b")]) == ("ab", None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,6 +338,23 @@ def s3_operation(method, host, path, query, headers):
     if method == "GET":
         return "ListObjectsV2" if query.get("list-type") == ["2"] else "ListObjects"
     return {"PUT": "CreateBucket", "DELETE": "DeleteBucket", "HEAD": "HeadBucket"}.get(method, f"{method}Bucket")
+
+
+def is_watch_mark(operation, body):
+    """Whether a DynamoDB call is the Event API's subscribe handler marking a job watched
+    (docs/contract.md, "Watched jobs"): an UpdateItem that sets `watched_until` and nothing
+    else. It is the push watcher's, not the job's."""
+    if operation != "UpdateItem":
+        return False
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        return False
+    expression = payload.get("UpdateExpression") or ""
+    names = payload.get("ExpressionAttributeNames") or {}
+    for placeholder in sorted(names, key=len, reverse=True):  # #ab before #a
+        expression = expression.replace(placeholder, names[placeholder])
+    return re.fullmatch(r"\s*SET\s+watched_until\s*=\s*:\w+\s*", expression) is not None
 
 
 def s3_class(operation):
@@ -717,6 +773,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 record["sqs_requests"] = max(1, math.ceil(payload / 65536))
             if service == "s3":
                 record["s3_class"] = s3_class(operation)
+            if service == "dynamodb" and is_watch_mark(operation, body):
+                record["watch_mark"] = True
             recorder.end(record, is_poll)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = handle_any
@@ -866,20 +924,38 @@ class Stack:
         return done.stdout.strip()
 
     def events_endpoint(self):
-        """The AppSync Events-style endpoint the stack names, if any: a WebSocket address in
-        its banner or exports, or an events entry of its config.json."""
-        for name, value in self.exports.items():
-            if "EVENT" in name and re.match(r"(wss?|https?)://", value):
-                return value
-        found = re.search(r"\b(wss?://\S+)", self.banner)
-        if found:
-            return found.group(1)
+        """The Event API's real-time (WebSocket) endpoint the stack names, if any: config.json's
+        events.realtime, as the web UI learns it, else the EVENTS_REALTIME_URL it exports."""
         _, config, _ = api_call(self.port, "GET", "/config.json")
-        if isinstance(config, dict):
-            for name, value in config.items():
-                if "event" in name.lower() and isinstance(value, str):
-                    return value
-        return None
+        events = config.get("events") if isinstance(config, dict) else None
+        if isinstance(events, dict) and isinstance(events.get("realtime"), str):
+            return events["realtime"]
+        return self.exports.get("EVENTS_REALTIME_URL")
+
+    def log_size(self):
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def publishes(self, job_id, since=0):
+        """What the stack's Event API says it took for the job's channel, from its log's
+        "events published" lines: {"publishes", "events", "deliveries"}; and "failed", the
+        worker's publishes that did not go through ("could not publish" lines, which name no
+        job: those logged since `since`, a size of the log, while this job ran alone)."""
+        found = {"publishes": 0, "events": 0, "deliveries": 0, "failed": 0}
+        with open(self.log_path, "rb") as log:
+            log.seek(since)
+            lines = log.read().decode(errors="replace").splitlines()
+        for line in lines:
+            published = re.search(r"events published .*?\bevents=(\d+) deliveries=(\d+)", line)
+            if published and job_id in line:
+                found["publishes"] += 1
+                found["events"] += int(published.group(1))
+                found["deliveries"] += int(published.group(2))
+            elif "could not publish" in line:
+                found["failed"] += 1
+        return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -1029,15 +1105,244 @@ def long_poll_watcher(port, token, job_id, deadline, result):
         result["error"] = str(error)
 
 
-def push_watcher(endpoint, token, job_id, deadline, result):
-    """One WebSocket watcher on the stack's AppSync Events-style endpoint: to be written
-    with that endpoint. It would open one connection (AppSync Events' subprotocol, the
-    access token as its authorization), subscribe to the job's channel, read until the
-    job's terminal event, and put in `result`: connections (1), connection_minutes (its
-    time connected, in minutes, as AppSync bills them), messages_delivered (each an Event
-    API operation), subscribe_operations; the publishes are counted at the proxy (service
-    appsync or events) or taken from the stack's metrics."""
-    raise NotImplementedError(f"the push watcher for {endpoint} is not written yet")
+class WebSocket:
+    """A minimal RFC 6455 client, enough for the Event API on 127.0.0.1: the opening
+    handshake with subprotocols, masked text frames out, text frames in (fragmented or not),
+    pings answered, and the closing handshake. Nothing else (no TLS, no extensions)."""
+
+    ACCEPT_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    def __init__(self, url, subprotocols, timeout=30):
+        parts = urlsplit(url)
+        if parts.scheme != "ws" or parts.hostname != HOST:
+            raise BenchError(f"the events endpoint {url} is not a ws:// address on {HOST}")
+        self.host = parts.netloc
+        self.sock = socket.create_connection((HOST, parts.port or 80), timeout=timeout)
+        self.opened = time.monotonic()
+        self.closed = None
+        self.buffer = b""
+        key = base64.b64encode(os.urandom(16)).decode()
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.sock.sendall((f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                           f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}\r\n\r\n").encode())
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise BenchError(f"{url} closed the connection during the handshake")
+            self.buffer += chunk
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip()
+                   for name, _, value in (line.partition(":") for line in lines[1:])}
+        if lines[0].split()[1:2] != ["101"]:
+            raise BenchError(f"{url} refused the WebSocket: {lines[0]}")
+        accept = base64.b64encode(hashlib.sha1((key + self.ACCEPT_GUID).encode()).digest()).decode()
+        if headers.get("sec-websocket-accept") != accept:
+            raise BenchError(f"{url} answered a wrong Sec-WebSocket-Accept")
+        self.protocol = headers.get("sec-websocket-protocol")
+
+    def _send(self, opcode, payload):
+        length = len(payload)
+        if length < 126:
+            header = bytes([0x80 | opcode, 0x80 | length])
+        elif length < 1 << 16:
+            header = bytes([0x80 | opcode, 0x80 | 126]) + length.to_bytes(2, "big")
+        else:
+            header = bytes([0x80 | opcode, 0x80 | 127]) + length.to_bytes(8, "big")
+        mask = os.urandom(4)
+        self.sock.sendall(header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload)))
+
+    def send(self, message):
+        """Sends a JSON message as one text frame."""
+        self._send(0x1, json.dumps(message).encode())
+
+    def _frame(self):
+        """(fin, opcode, payload) of the next whole frame in the buffer, taken out of it; None
+        while it is incomplete."""
+        data = self.buffer
+        if len(data) < 2:
+            return None
+        length, at = data[1] & 0x7F, 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            if len(data) < at + size:
+                return None
+            length, at = int.from_bytes(data[at:at + size], "big"), at + size
+        mask = None
+        if data[1] & 0x80:  # a server never masks; taken anyway
+            if len(data) < at + 4:
+                return None
+            mask, at = data[at:at + 4], at + 4
+        if len(data) < at + length:
+            return None
+        payload = data[at:at + length]
+        if mask:
+            payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        self.buffer = data[at + length:]
+        return bool(data[0] & 0x80), data[0] & 0x0F, payload
+
+    def receive(self, timeout):
+        """The next text message, parsed as JSON; None if none comes within `timeout` s.
+        Raises ConnectionError once the server closes the connection."""
+        deadline = time.monotonic() + timeout
+        pieces = []
+        while True:
+            frame = self._frame()
+            if frame is None:
+                left = deadline - time.monotonic()
+                if left <= 0 and not pieces:
+                    return None
+                self.sock.settimeout(max(left, 0.05) if not pieces else 5)
+                try:
+                    chunk = self.sock.recv(65536)
+                except socket.timeout:
+                    if pieces:
+                        raise ConnectionError("a fragmented message was cut short") from None
+                    return None
+                if not chunk:
+                    self.closed = self.closed or time.monotonic()
+                    raise ConnectionError("the server closed the connection")
+                self.buffer += chunk
+                continue
+            fin, opcode, payload = frame
+            if opcode == 0x9:  # ping
+                self._send(0xA, payload)
+            elif opcode == 0x8:  # close: answered, then the connection is over
+                self.close()
+                raise ConnectionError(f"the server closed the WebSocket: {payload[2:].decode(errors='replace')}")
+            elif opcode in (0x1, 0x0):
+                pieces.append(payload)
+                if fin:
+                    return json.loads(b"".join(pieces))
+            elif opcode != 0xA:  # pongs ignored; binary is not this protocol's
+                raise BenchError(f"unexpected WebSocket frame, opcode {opcode}")
+
+    def close(self):
+        """The closing handshake (code 1000), at most a second for the server's answer."""
+        if self.closed is not None:
+            return
+        try:
+            self._send(0x8, (1000).to_bytes(2, "big"))
+            self.sock.settimeout(1)
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            self.closed = time.monotonic()
+            self.sock.close()
+
+
+def token_claims(token):
+    """The claims of a JWT (its payload, not verified: the stack verifies it)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def push_connect(endpoint, token, result):
+    """The push watcher's connection, as the protocol doc has it: the subprotocols
+    aws-appsync-event-ws and header-<base64url of {"host", "Authorization"}>, then
+    connection_init → connection_ack."""
+    host = urlsplit(endpoint).netloc
+    header = base64.urlsafe_b64encode(json.dumps({"host": host, "Authorization": token}).encode())
+    ws = WebSocket(endpoint, ["aws-appsync-event-ws", "header-" + header.decode().rstrip("=")])
+    result.update(connections=1, connects=1, subscribes=0, keep_alives=0, deliveries=0, events=[])
+    ws.send({"type": "connection_init"})
+    ack = ws.receive(10)
+    if not ack or ack.get("type") != "connection_ack":
+        raise BenchError(f"the Event API answered connection_init with {ack}")
+    result["connection_timeout_ms"] = ack.get("connectionTimeoutMs")
+    return ws
+
+
+def push_watcher(ws, context, job_id, finished, result):
+    """Follows the job by push on the open connection `ws`: subscribes to the job's channel,
+    reads the job once (GET /jobs/{id}, one status invocation), then takes the channel's
+    events until `finished` is set (the job is terminal) and every event the stack's log says
+    it delivered on the channel has come. Puts in `result`: subscribes, deliveries (data
+    events), keep_alives, events (offset, attempt, bytes, text), read (the GET), requests
+    (for the Lambda accounting), connection_seconds."""
+    stack, token = context["stack"], context["token"]
+    channel = f"/jobs/{token_claims(token)['sub']}/{job_id}"
+    host = ws.host
+    subscription = str(uuid.uuid4())
+    result["channel"] = channel
+
+    def take(message):
+        kind = message.get("type")
+        if kind == "ka":
+            result["keep_alives"] += 1
+        elif kind == "data" and message.get("id") == subscription:
+            event = json.loads(message["event"])
+            result["deliveries"] += 1
+            result["events"].append({"attempt": event.get("attempt"), "offset": event.get("offset"),
+                                     "bytes": len(message["event"].encode()), "text": event.get("text", "")})
+        elif kind in ("subscribe_success", "connection_ack"):
+            pass
+        else:
+            raise BenchError(f"the Event API sent {message}")
+
+    ws.send({"type": "subscribe", "id": subscription, "channel": channel,
+             "authorization": {"Authorization": token, "host": host}})
+    result["subscribes"] += 1
+    deadline = time.monotonic() + 10
+    while True:
+        message = ws.receive(max(0.0, deadline - time.monotonic()))
+        if message is None:
+            raise BenchError("no answer to the subscribe within 10 s")
+        if message.get("type") == "subscribe_success" and message.get("id") == subscription:
+            break
+        if message.get("type") == "subscribe_error":
+            raise BenchError(f"the subscribe was refused: {message}")
+        take(message)
+    result["subscribed_after"] = round(time.monotonic() - ws.opened, 4)
+
+    # The one read a resuming client makes once subscribed.
+    status, job, seconds = api_call(stack.port, "GET", f"/jobs/{job_id}", token)
+    if status != 200:
+        raise BenchError(f"the push watcher's GET /jobs/{job_id} answered {status}: {job}")
+    result["requests"] = [{"seconds": round(seconds, 4), "http_status": status, "seq": job.get("seq"),
+                           "status": job.get("status")}]
+    result["read"] = {"status": job.get("status"), "attempts": job.get("attempts"),
+                      "output": job.get("output") or "", "seq": job.get("seq")}
+
+    while not finished.is_set():
+        message = ws.receive(0.2)
+        if message is not None:
+            take(message)
+    # Terminal: the attempt published its last text before it wrote the outcome. Wait for
+    # every delivery the stack logged on the channel, then for a quiet moment.
+    wait_until = time.monotonic() + 5
+    while result["deliveries"] < stack.publishes(job_id)["deliveries"] and time.monotonic() < wait_until:
+        message = ws.receive(0.2)
+        if message is not None:
+            take(message)
+    while (message := ws.receive(0.3)) is not None:
+        take(message)
+    ws.close()
+    result["connection_seconds"] = round(ws.closed - ws.opened, 4)
+
+
+def splice_events(read, events):
+    """The job's text as a resuming client builds it (docs/contract.md, "Text events"): the
+    text of its one read, then each event by its offset (bytes of UTF-8) into its attempt's
+    text: appended when it starts where the text ends, what is held already skipped, a new
+    attempt started anew. Returns (text, gap): gap is the first event that starts beyond the
+    text held (one was missed), else None."""
+    attempt, held = read.get("attempts") or 0, (read.get("output") or "").encode()
+    for event in events:
+        if event["attempt"] is None or event["offset"] is None:
+            return held.decode(errors="replace"), event
+        if event["attempt"] < attempt:
+            continue  # an earlier attempt's text: superseded
+        if event["attempt"] > attempt:
+            attempt, held = event["attempt"], b""
+        text = event["text"].encode()
+        if event["offset"] > len(held):
+            return held.decode(errors="replace"), event
+        held += text[len(held) - event["offset"]:]
+    return held.decode(errors="replace"), None
 
 
 # ---------------------------------------------------------------------------------------
@@ -1049,35 +1354,42 @@ def run_job(context, shape, scenario):
     stack, token, recorder = context["stack"], context["token"], context["recorder"]
     deadline = time.monotonic() + context["job_timeout"]
     watcher = {}
-    push_endpoint = None
+    push_endpoint = ws = None
     if scenario == "push":
         push_endpoint = stack.events_endpoint()
         if not push_endpoint:
-            return {"skipped": "the local stack names no events endpoint (no AppSync Events-style "
-                               "WebSocket in its banner, exports or config.json)"}
+            return {"skipped": "the local stack names no events endpoint (no events.realtime in its "
+                               "config.json, no EVENTS_REALTIME_URL in its exports)"}
 
     recorder.wait_quiet()
     recorder.reset()
-    status, accepted, post_seconds = api_call(stack.port, "POST", "/generate", token,
-                                              {"prompt": prompt, "max_tokens": max_tokens})
-    if status != 202:
-        raise BenchError(f"POST /generate answered {status}: {accepted}")
-    job_id = accepted["job_id"]
+    log_mark = stack.log_size()
+    finished = threading.Event()
     thread = None
-    if scenario == "long-poll":
-        thread = threading.Thread(target=long_poll_watcher,
-                                  args=(stack.port, token, job_id, deadline, watcher), daemon=True)
-        thread.start()
-    elif scenario == "push":
-        thread = threading.Thread(target=push_watcher_safe,
-                                  args=(push_endpoint, token, job_id, deadline, watcher), daemon=True)
-        thread.start()
-    final_status = wait_terminal(context["emulator"], stack.table, job_id, deadline)
+    try:
+        if scenario == "push":
+            ws = push_connect(push_endpoint, token, watcher)  # no AWS call: the token is checked locally
+        status, accepted, post_seconds = api_call(stack.port, "POST", "/generate", token,
+                                                  {"prompt": prompt, "max_tokens": max_tokens})
+        if status != 202:
+            raise BenchError(f"POST /generate answered {status}: {accepted}")
+        job_id = accepted["job_id"]
+        if scenario == "long-poll":
+            thread = threading.Thread(target=long_poll_watcher,
+                                      args=(stack.port, token, job_id, deadline, watcher), daemon=True)
+            thread.start()
+        elif scenario == "push":
+            thread = threading.Thread(target=push_watcher_safe,
+                                      args=(ws, context, job_id, finished, watcher), daemon=True)
+            thread.start()
+        final_status = wait_terminal(context["emulator"], stack.table, job_id, deadline)
+    finally:
+        finished.set()
+        if thread is None and ws is not None:
+            ws.close()
     if thread:
         thread.join(max(1.0, deadline - time.monotonic()))
         if thread.is_alive() or watcher.get("error"):
-            if watcher.get("not_written"):
-                return {"skipped": watcher["error"]}
             raise BenchError(f"{scenario} watcher of job {job_id}: {watcher.get('error', 'did not finish')}")
     status, job, get_seconds = api_call(stack.port, "GET", f"/jobs/{job_id}", token)
     if status != 200:
@@ -1089,11 +1401,19 @@ def run_job(context, shape, scenario):
         print(f"  note: the stack was still making calls {QUIET_LIMIT} s after job {job_id}",
               file=sys.stderr)
     calls = recorder.snapshot()
+    published = stack.publishes(job_id, log_mark)
 
     usage = job.get("usage") or {}
     notes = []
     if usage.get("output_tokens") != answer_tokens:
         notes.append(f"answer of {usage.get('output_tokens')} tokens, not {answer_tokens}")
+    if published["failed"]:
+        notes.append(f"{published['failed']} publish(es) failed (the stack's log)")
+    if scenario == "push":
+        check_push(watcher, published, job, notes)
+    elif published["publishes"]:
+        notes.append(f"an unwatched job published {published['events']} event(s) in "
+                     f"{published['publishes']} publish(es)")
     return {
         "job_id": job_id, "shape": shape, "scenario": scenario,
         "prompt_words": len(prompt.split()), "prompt_bytes": len(prompt.encode()),
@@ -1102,17 +1422,52 @@ def run_job(context, shape, scenario):
         "api": {"post_seconds": round(post_seconds, 4), "final_get_seconds": round(get_seconds, 4)},
         "watcher": watcher if scenario == "long-poll" else None,
         "push": watcher if scenario == "push" else None,
+        "published": published,
         "calls": calls, "notes": notes,
     }
 
 
-def push_watcher_safe(endpoint, token, job_id, deadline, result):
+def push_watcher_safe(ws, context, job_id, finished, result):
     try:
-        push_watcher(endpoint, token, job_id, deadline, result)
-    except NotImplementedError as error:
-        result.update(error=str(error), not_written=True)
-    except Exception as error:
-        result["error"] = str(error)
+        push_watcher(ws, context, job_id, finished, result)
+    except Exception as error:  # reported by the scenario
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        ws.close()
+
+
+def check_push(watcher, published, job, notes):
+    """The issue's correctness check: the watcher's read and the events it got, spliced by
+    offset, are the job's final output exactly; raises BenchError if not. Then the events
+    against the stack's log: every event published was delivered to the one subscriber, one
+    event per publish (notes if not)."""
+    output = job.get("output") or ""
+    joined, gap = splice_events(watcher["read"], watcher["events"])
+    events = watcher["events"]
+    watcher["join"] = {
+        "ok": gap is None and joined == output,
+        "events": len(events),
+        "first_offset": events[0]["offset"] if events else None,
+        "read_bytes": len(watcher["read"]["output"].encode()),
+        "output_bytes": len(output.encode()),
+        # the events alone, with no read: all of the text iff they start at 0 of its attempt
+        "events_alone": splice_events({"attempts": job.get("attempts"), "output": ""}, events)[0] == output,
+    }
+    if gap is not None:
+        raise BenchError(f"push watcher: an event starts at byte {gap['offset']} of attempt {gap['attempt']}, "
+                         f"beyond the {len(joined.encode())} bytes held: an event was missed")
+    if joined != output:
+        raise BenchError(f"push watcher: the read ({watcher['join']['read_bytes']} bytes) and {len(events)} "
+                         f"event(s) give {len(joined.encode())} bytes that are not the job's output "
+                         f"({len(output.encode())} bytes): {joined[-80:]!r} vs {output[-80:]!r}")
+    if published["deliveries"] != watcher["deliveries"]:
+        notes.append(f"the stack delivered {published['deliveries']} event(s) on the channel, "
+                     f"the watcher got {watcher['deliveries']}")
+    if published["events"] != published["publishes"]:
+        notes.append(f"{published['publishes']} publishes carried {published['events']} events")
+    if not watcher["join"]["events_alone"]:
+        notes.append(f"the events alone (from offset {watcher['join']['first_offset']}) are not the whole "
+                     "text: the read filled in the start")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1124,13 +1479,19 @@ def summarize(run):
     totals = {"dynamodb_read_units": 0.0, "dynamodb_write_units": 0, "dynamodb_index_write_units": 0,
               "dynamodb_calls": 0, "sqs_requests": 0, "sqs_calls": 0, "sqs_empty_polls": 0,
               "s3_put_class": 0, "s3_get_class": 0, "s3_delete": 0, "cognito_calls": 0,
-              "other_calls": 0, "appsync_publishes": 0}
+              "other_calls": 0, "appsync_publishes": 0, "watch_mark_calls": 0,
+              "watch_mark_write_units": 0, "watch_mark_index_write_units": 0}
     index_units = {}
     for call in run["calls"]:
         service, operation = call["service"], call["operation"]
         empty_poll = service == "sqs" and operation == "ReceiveMessage" and not call.get("messages")
         if empty_poll:
             operation = "ReceiveMessage, empty poll"
+        if call.get("watch_mark"):
+            operation += " (watch mark: the push watcher's subscribe)"
+            totals["watch_mark_calls"] += 1
+            totals["watch_mark_write_units"] += call.get("write_units", 0)
+            totals["watch_mark_index_write_units"] += call.get("index_write_units", 0)
         row = operations.setdefault(f"{service} {operation}", {
             "service": service, "operation": operation, "calls": 0, "request_bytes": 0,
             "response_bytes": 0, "read_units": 0.0, "write_units": 0, "index_write_units": 0,
@@ -1165,7 +1526,9 @@ def summarize(run):
             totals["appsync_publishes"] += 1
         else:
             totals["other_calls"] += 1
-    watcher_requests = (run.get("watcher") or {}).get("requests") or []
+    push = run.get("push") or {}
+    # the long-poll watcher's requests, or the push watcher's one read: status invocations
+    watcher_requests = (run.get("watcher") or push).get("requests") or []
     watcher_seconds = sum(r["seconds"] for r in watcher_requests)
     lambda_seconds = run["api"]["post_seconds"] + run["api"]["final_get_seconds"] + watcher_seconds
     totals.update({
@@ -1178,7 +1541,7 @@ def summarize(run):
         "watcher_requests": len(watcher_requests),
         "watcher_seconds": watcher_seconds,
     })
-    push = run.get("push") or {}
+    totals.update(appsync_totals(run.get("published") or {}, push))
     p = PRICES
     cost = {
         "dynamodb_reads": totals["dynamodb_read_units"] * p["dynamodb_read_request_unit"],
@@ -1191,9 +1554,8 @@ def summarize(run):
         "lambda_requests": totals["lambda_invocations"] * p["lambda_request"],
         "lambda_duration": totals["lambda_gb_seconds"] * p["lambda_gb_second"],
         "api_gateway": totals["api_requests"] * p["api_gateway_http_request"],
-        "appsync_events": (totals["appsync_publishes"] + push.get("messages_delivered", 0)
-                           + push.get("subscribe_operations", 0)) * p["appsync_events_operation"]
-                          + push.get("connection_minutes", 0) * p["appsync_events_connection_minute"],
+        "appsync_events": totals["appsync_operations"] * p["appsync_events_operation"]
+                          + totals["appsync_connection_minutes_billed"] * p["appsync_events_connection_minute"],
     }
     cost["total_without_index_writes"] = sum(v for k, v in cost.items() if k != "dynamodb_index_writes")
     cost["total_with_index_writes"] = cost["total_without_index_writes"] + cost["dynamodb_index_writes"]
@@ -1208,6 +1570,37 @@ def summarize(run):
     run["totals"] = totals
     run["cost"] = cost
     return run
+
+
+def appsync_totals(published, push):
+    """The AppSync Events side of a run: the publishes of the job's channel as the stack
+    logged them (any scenario: an unwatched job should have none), the push watcher's
+    connection and messages, and the Event API operations they make (APPSYNC_OPERATIONS, each
+    per started APPSYNC_METERED_BYTES of its event; an event published and delivered counts
+    its size both ways)."""
+    events = push.get("events") or []
+    seconds = push.get("connection_seconds", 0)
+    counts = {"publishes": published.get("publishes", 0), "deliveries": push.get("deliveries", 0),
+              "connects": push.get("connects", 0), "subscribes": push.get("subscribes", 0),
+              "keep_alives": push.get("keep_alives", 0)}
+    beyond_one = sum(max(1, math.ceil(event["bytes"] / APPSYNC_METERED_BYTES)) - 1 for event in events)
+    operations = sum(counts[kind] for kind in APPSYNC_OPERATIONS) + 2 * beyond_one
+    return {
+        "appsync_publishes": counts["publishes"],
+        "appsync_published_events": published.get("events", 0),
+        "appsync_logged_deliveries": published.get("deliveries", 0),
+        "appsync_deliveries": counts["deliveries"],
+        "appsync_connections": push.get("connections", 0),
+        "appsync_connects": counts["connects"],
+        "appsync_subscribes": counts["subscribes"],
+        "appsync_keep_alives": counts["keep_alives"],
+        "appsync_event_bytes": sum(event["bytes"] for event in events),
+        "appsync_largest_event_bytes": max((event["bytes"] for event in events), default=0),
+        "appsync_operations": operations,
+        "appsync_connection_seconds": seconds,
+        "appsync_connection_minutes": seconds / 60,
+        "appsync_connection_minutes_billed": math.ceil(seconds / 60),
+    }
 
 
 def median_of(values):
@@ -1303,8 +1696,11 @@ def run_tables(run):
         f"| Lambda duration | {t['lambda_seconds']:.2f} s × {LAMBDA_GB} GB = {t['lambda_gb_seconds']:.3f} GB-s "
         f"| {c['lambda_duration']:.3g} | {micro(c['lambda_duration'])} |",
         f"| API Gateway | {number(t['api_requests'])} requests | {c['api_gateway']:.3g} | {micro(c['api_gateway'])} |",
-        f"| AppSync Events | {number(t['appsync_publishes'])} publishes | {c['appsync_events']:.3g} "
-        f"| {micro(c['appsync_events'])} |",
+        f"| AppSync Events | {number(t['appsync_operations'])} operations ({number(t['appsync_publishes'])} publishes, "
+        f"{number(t['appsync_deliveries'])} deliveries, {number(t['appsync_connects'])} connects, "
+        f"{number(t['appsync_subscribes'])} subscribes, {number(t['appsync_keep_alives'])} keep-alives); "
+        f"{t['appsync_connection_seconds']:.1f} s connected, {number(t['appsync_connection_minutes_billed'])} "
+        f"connection-minute(s) | {c['appsync_events']:.3g} | {micro(c['appsync_events'])} |",
         f"| Cognito | {number(t['cognito_calls'])} calls (not charged to the job) | | |",
         f"| **AWS, without index writes** | | **{c['total_without_index_writes']:.3g}** "
         f"| **{micro(c['total_without_index_writes'])}** |",
@@ -1315,6 +1711,18 @@ def run_tables(run):
         f"| **AWS vs tokens** | without / with index writes | **{percent(c['percent_of_tokens_without_index_writes'])}"
         f" / {percent(c['percent_of_tokens_with_index_writes'])}** | |",
     ]
+    push = run.get("push")
+    if push and push.get("join"):
+        join = push["join"]
+        lines += ["", f"Push watcher: one connection, {push['connection_seconds']:.2f} s; subscribed "
+                      f"{push['subscribed_after'] * 1000:.0f} ms after connecting; its one read "
+                      f"(GET /jobs/{{id}}, {push['read']['status']}) held {join['read_bytes']} bytes; "
+                      f"{join['events']} events from offset {join['first_offset']} "
+                      f"({number(t['appsync_event_bytes'])} bytes, the largest {number(t['appsync_largest_event_bytes'])}); "
+                      f"the stack logged {number(t['appsync_publishes'])} publishes of "
+                      f"{number(t['appsync_published_events'])} events and {number(t['appsync_logged_deliveries'])} "
+                      f"deliveries; read + events = the final output ({join['output_bytes']} bytes): "
+                      f"{'yes' if join['ok'] else 'NO'}; the events alone: {'yes' if join['events_alone'] else 'no'}."]
     if run.get("notes"):
         lines += ["", "Notes: " + "; ".join(run["notes"])]
     return "\n".join(lines)
@@ -1335,21 +1743,54 @@ def watcher_extra(long_poll, unwatched):
              + t["watcher_seconds"] * LAMBDA_GB * p["lambda_gb_second"]
              + read_units * p["dynamodb_read_request_unit"])
     tokens = long_poll["cost"]["tokens"]
-    return {"invocations": t["watcher_requests"], "lambda_seconds": t["watcher_seconds"],
+    return {"invocations": t["watcher_requests"],
+            "invocations_after_first_read": max(0, t["watcher_requests"] - 1),
+            "lambda_seconds": t["watcher_seconds"],
             "read_units": read_units, "cost": extra,
+            "percent_of_tokens": 100 * extra / tokens if tokens else None}
+
+
+def push_extra(push, unwatched):
+    """What the push watcher alone adds: its one read (an invocation and an API request, its
+    Lambda time), the read units of the push run beyond the unwatched run's, the watch mark
+    (its table and index write units), and AppSync Events (its operations and
+    connection-minutes). The push run's other write units beyond the unwatched run's are
+    shown apart (they would be the worker's: a watched job should write as an unwatched one)."""
+    t, u = push["totals"], unwatched["totals"]
+    read_units = max(0.0, t["dynamodb_read_units"] - u["dynamodb_read_units"])
+    p = PRICES
+    extra = (t["watcher_requests"] * (p["lambda_request"] + p["api_gateway_http_request"])
+             + t["watcher_seconds"] * LAMBDA_GB * p["lambda_gb_second"]
+             + read_units * p["dynamodb_read_request_unit"]
+             + (t["watch_mark_write_units"] + t["watch_mark_index_write_units"]) * p["dynamodb_write_request_unit"]
+             + push["cost"]["appsync_events"])
+    tokens = push["cost"]["tokens"]
+    return {"invocations": t["watcher_requests"],
+            "invocations_after_first_read": max(0, t["watcher_requests"] - 1),
+            "lambda_seconds": t["watcher_seconds"], "read_units": read_units,
+            "watch_mark_write_units": t["watch_mark_write_units"],
+            "watch_mark_index_write_units": t["watch_mark_index_write_units"],
+            "other_write_units_delta": t["dynamodb_write_units"] - t["watch_mark_write_units"] - u["dynamodb_write_units"],
+            "publishes": t["appsync_publishes"], "deliveries": t["appsync_deliveries"],
+            "keep_alives": t["appsync_keep_alives"], "appsync_operations": t["appsync_operations"],
+            "connection_seconds": t["appsync_connection_seconds"],
+            "connection_minutes_billed": t["appsync_connection_minutes_billed"],
+            "appsync_cost": push["cost"]["appsync_events"], "cost": extra,
             "percent_of_tokens": 100 * extra / tokens if tokens else None}
 
 
 def summary_table(results):
     lines = ["| job | unwatched: table WCU | index WCU | AWS cost vs token cost (without / with index writes) "
-             "| long-poll watcher: invocations, Lambda s, RCU, extra cost % |",
-             "|---|---:|---:|---|---|"]
+             "| long-poll watcher: invocations, Lambda s, RCU, extra cost % "
+             "| push watcher: invocations after the first read, RCU, publishes / deliveries, extra cost % |",
+             "|---|---:|---:|---|---|---|"]
     for shape in SHAPES:
         unwatched = results.get((shape, "unwatched"))
         long_poll = results.get((shape, "long-poll"))
-        if not unwatched and not long_poll:
+        push = results.get((shape, "push"))
+        if not unwatched and not long_poll and not push:
             continue
-        base = unwatched or long_poll
+        base = unwatched or long_poll or push
         words, _, max_tokens, answer = SHAPES[shape]
         usage = base.get("usage") or {}
         job = (f"{shape}: {words} words ({base['prompt_bytes'] / 1000:.1f} KB), "
@@ -1370,6 +1811,17 @@ def summary_table(results):
         elif long_poll:
             t = long_poll["totals"]
             cells.append(f"{number(t['watcher_requests'])}, {t['watcher_seconds']:.1f} s (no unwatched run to compare)")
+        else:
+            cells.append("")
+        if push and unwatched:
+            w = push_extra(push, unwatched)
+            cells.append(f"{number(w['invocations_after_first_read'])}, {number(w['read_units'])} RCU, "
+                         f"{number(w['publishes'])} / {number(w['deliveries'])}, +{percent(w['percent_of_tokens'])}")
+        elif push:
+            t = push["totals"]
+            cells.append(f"{number(max(0, t['watcher_requests'] - 1))}, "
+                         f"{number(t['appsync_publishes'])} / {number(t['appsync_deliveries'])} "
+                         "(no unwatched run to compare)")
         else:
             cells.append("")
         lines.append(f"| {job} | " + " | ".join(cells) + " |")
@@ -1420,7 +1872,10 @@ def run_all(options, binary, shapes, scenarios, workdir):
                    "job_timeout": options.job_timeout}
         try:
             print("warm-up job (not counted) …", file=sys.stderr, flush=True)
-            run_job(context, "small", "unwatched")
+            # followed by push if push is to be measured: the Event API's authorizer fetches
+            # its JWKS at its first connection, which is no job's
+            if "push" not in scenarios or "skipped" in run_job(context, "small", "push"):
+                run_job(context, "small", "unwatched")
             for scenario in scenarios:
                 for shape in shapes:
                     found = []
@@ -1470,12 +1925,12 @@ def main():
     parser.add_argument("--logs", type=Path, metavar="DIR",
                         help="keep the local stack's and moto's logs in DIR (default: thrown away)")
     parser.add_argument("--prices", action="store_true", help="print the price table and exit")
-    parser.add_argument("--self-test", action="store_true", help="check the item-size rules and exit")
+    parser.add_argument("--self-test", action="store_true", help="check the item-size rules and the push splice, and exit")
     options = parser.parse_args()
 
     self_checks()
     if options.self_test:
-        print("item-size checks passed")
+        print("self-checks passed (item sizes, the push watcher's splice)")
         return 0
     if options.prices:
         print(prices_text())
@@ -1544,7 +1999,9 @@ def main():
             "summary": [{"shape": shape,
                          "unwatched": results.get((shape, "unwatched"), {}).get("totals"),
                          "watcher": watcher_extra(results[(shape, "long-poll")], results[(shape, "unwatched")])
-                         if (shape, "long-poll") in results and (shape, "unwatched") in results else None}
+                         if (shape, "long-poll") in results and (shape, "unwatched") in results else None,
+                         "push_watcher": push_extra(results[(shape, "push")], results[(shape, "unwatched")])
+                         if (shape, "push") in results and (shape, "unwatched") in results else None}
                         for shape in shapes],
             "results": [dict(result, key=list(key)) for key, result in results.items()],
             "runs": runs,

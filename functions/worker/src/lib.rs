@@ -51,7 +51,8 @@ pub struct Settings {
     /// The least time between two flushes of a streaming answer into the job: how much of
     /// its text a crash may lose, and how often a long-poll sees it grow.
     pub stream_flush: Duration,
-    /// The least time between two publishes of a watched job's new text on its live channel.
+    /// The least time between two publishes of a watched job's new text on its live channel:
+    /// smoothness against cost (AppSync Events bills each publish and each delivery).
     pub live_interval: Duration,
     /// What each model's tokens cost: a succeeded job records its cost.
     pub prices: Arc<PriceTable>,
@@ -79,7 +80,7 @@ impl Settings {
             retry_base: Duration::from_secs(env.positive("RETRY_BASE_SECONDS", 2)?),
             retry_cap: Duration::from_secs(env.positive("RETRY_MAX_SECONDS", 60)?),
             stream_flush: Duration::from_millis(env.positive("STREAM_FLUSH_MS", 2000)?),
-            live_interval: Duration::from_millis(env.positive("LIVE_PUBLISH_MS", 75)?),
+            live_interval: Duration::from_millis(env.positive("LIVE_PUBLISH_MS", 200)?),
             prices: Arc::new(env.prices()?),
         })
     }
@@ -286,7 +287,9 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery, F: LiveFeed>
             published: 0,
         };
         let mut written = Written::default();
-        let mut next_flush = Instant::now();
+        // The first text goes out at once; then at most one publish per `live_interval` and
+        // one flush per `stream_flush`.
+        let (mut next_publish, mut next_flush) = (Instant::now(), Instant::now());
         loop {
             // A call that has ended leaves its last text to the outcome's write.
             if text.changed().await.is_err() || text.has_changed().is_err() {
@@ -294,25 +297,27 @@ impl<S: JobStore, A: ArtifactStore, M: TextModel, R: Redelivery, F: LiveFeed>
                 self.publish(job, &mut live, &rest).await;
                 return Ok(written);
             }
-            // Gather what comes for a moment, unless the call ends meanwhile.
-            let pause = if live.watched {
-                self.settings.live_interval
+            // Gather what comes until a publish or a flush is due, unless the call ends.
+            let due = if live.watched {
+                next_publish.min(next_flush)
             } else {
-                next_flush.saturating_duration_since(Instant::now())
+                next_flush
             };
-            let until = Instant::now() + pause;
-            while until > Instant::now() {
+            while due > Instant::now() {
                 tokio::select! {
-                    () = tokio::time::sleep_until(until.into()) => break,
+                    () = tokio::time::sleep_until(due.into()) => break,
                     changed = text.changed() => if changed.is_err() {
                         let rest = text.borrow().clone();
-                self.publish(job, &mut live, &rest).await;
+                        self.publish(job, &mut live, &rest).await;
                         return Ok(written);
                     },
                 }
             }
             let so_far = text.borrow_and_update().clone();
-            self.publish(job, &mut live, &so_far).await;
+            if live.watched && Instant::now() >= next_publish {
+                next_publish = Instant::now() + self.settings.live_interval;
+                self.publish(job, &mut live, &so_far).await;
+            }
             if Instant::now() < next_flush {
                 continue;
             }
