@@ -7,8 +7,9 @@
 //! two steps), and the model throttles, fails, refuses and dawdles. The recovery function runs
 //! beside them, on the dead-letter queue and on a timer. At the end, every invariant the README
 //! promises must hold: every job finished, one job per idempotency key, every succeeded job's
-//! artifact equal to its record, no other artifact, and no job with more model calls than
-//! `MAX_ATTEMPTS`.
+//! artifact equal to its record, no other artifact, no job with more model calls than
+//! `MAX_ATTEMPTS`, and, every job being watched, the text events its winning attempt published
+//! joining to its answer.
 //!
 //! `SOAK_JOBS` (default 150) and `SOAK_SEED` change its size and its faults; run it with
 //! `--nocapture` to see its figures:
@@ -29,7 +30,8 @@ use pipeline::domain::{
     parse_timestamp,
 };
 use pipeline::ports::{
-    JobStore, ModelError, ModelReply, ModelRequest, Progress, TextModel, UsageLedger,
+    JobStore, LiveFeed, ModelError, ModelReply, ModelRequest, Progress, TextModel, Unavailable,
+    UsageLedger,
 };
 use tokio::sync::watch;
 use worker::Worker;
@@ -164,7 +166,51 @@ fn answer_to(prompt: &str) -> String {
     format!("The answer to {prompt:?}.")
 }
 
-type SoakWorker = Worker<DynamoJobStore, S3ArtifactStore, ChaosModel, SqsJobQueue>;
+type SoakWorker = Worker<DynamoJobStore, S3ArtifactStore, ChaosModel, SqsJobQueue, Watcher>;
+
+/// One subscriber to every channel: the events published on each, in the order they came.
+#[derive(Clone, Default)]
+struct Watcher {
+    events: Arc<Mutex<HashMap<String, Vec<serde_json::Value>>>>,
+}
+
+impl LiveFeed for Watcher {
+    async fn publish(&self, channel: &str, events: &[String]) -> Result<(), Unavailable> {
+        let mut received = self.events.lock().unwrap();
+        let list = received.entry(channel.to_owned()).or_default();
+        list.extend(
+            events
+                .iter()
+                .map(|event| serde_json::from_str(event).unwrap()),
+        );
+        Ok(())
+    }
+}
+
+impl Watcher {
+    /// What a watcher makes of attempt `attempt`'s events on `channel`: each appended where
+    /// it starts, its overlap with what is held skipped; a gap is an error.
+    fn text_of(&self, channel: &str, attempt: u32) -> Result<String, String> {
+        let received = self.events.lock().unwrap();
+        let mut text = String::new();
+        let events = received.get(channel).map(Vec::as_slice).unwrap_or_default();
+        for event in events.iter().filter(|event| event["attempt"] == attempt) {
+            let offset = event["offset"].as_u64().unwrap() as usize;
+            let piece = event["text"].as_str().unwrap();
+            if offset > text.len() {
+                return Err(format!("a gap before byte {offset} of {text:?}"));
+            }
+            let held = &text[offset..];
+            if !piece.starts_with(held) && !held.starts_with(piece) {
+                return Err(format!("{piece:?} at {offset} disagrees with {text:?}"));
+            }
+            if let Some(new) = piece.get(text.len() - offset..) {
+                text.push_str(new);
+            }
+        }
+        Ok(text)
+    }
+}
 
 #[derive(Default)]
 struct Figures {
@@ -281,6 +327,7 @@ async fn submit(stack: &Stack, seed: u64, index: usize) -> (JobId, String, Submi
             .insert(&job, &Default::default())
             .await
             .unwrap();
+        watch(stack, job.id, &owner).await;
         return (job.id, owner, Submitted::NeverEnqueued);
     }
     let body = serde_json::json!({ "prompt": prompt }).to_string();
@@ -309,7 +356,20 @@ async fn submit(stack: &Stack, seed: u64, index: usize) -> (JobId, String, Submi
     } else {
         Submitted::Once
     };
-    (JobId::parse(&id).unwrap(), owner, submitted)
+    let id = JobId::parse(&id).unwrap();
+    watch(stack, id, &owner).await;
+    (id, owner, submitted)
+}
+
+/// Someone subscribes to the job's channel as it is submitted.
+async fn watch(stack: &Stack, id: JobId, owner: &str) {
+    let until = Utc::now() + pipeline::domain::WATCH_FOR;
+    let marked = stack
+        .store()
+        .watch(id, &Owner::new(owner), until)
+        .await
+        .unwrap();
+    assert!(marked, "job {id} is watched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -323,6 +383,7 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
         log: Arc::default(),
     };
     let figures = Figures::default();
+    let watcher = Watcher::default();
     let (stop, stopped) = watch::channel(false);
 
     let mut submitted: Vec<(JobId, String, Submitted)> = Vec::new();
@@ -336,6 +397,7 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
                     SqsJobQueue::new(&stack.aws, &stack.resources.queue_url),
                     Stack::worker_settings(),
                 )
+                .with_feed(watcher.clone())
             })
             .collect();
         let loops =
@@ -390,6 +452,7 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
         )
     };
     let mut calls_total = 0;
+    let mut watched_and_published = 0;
     // What each ledger should hold once every job has ended: their charges, nothing reserved.
     let mut charged: HashMap<(Owner, String), (u64, u64)> = HashMap::new();
     for (id, _, _) in &submitted {
@@ -455,6 +518,22 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
                     "{name}: the artifact is the answer the record holds"
                 );
                 succeeded_keys.insert(completion.artifact_key.clone());
+                // Every job is watched from its submission: the winning attempt (the one its
+                // artifact is named by) published its whole answer, every byte once.
+                let attempt: u32 = completion
+                    .artifact_key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|name| name.strip_suffix(".json"))
+                    .and_then(|number| number.parse().ok())
+                    .unwrap_or_else(|| panic!("{name}: {}", completion.artifact_key));
+                let channel = pipeline::domain::job_channel(&job.owner, job.id).unwrap();
+                assert_eq!(
+                    watcher.text_of(&channel, attempt).as_deref(),
+                    Ok(completion.output.as_str()),
+                    "{name}: the published text of attempt {attempt}"
+                );
+                watched_and_published += 1;
             }
             JobStatus::Failed => {
                 let failure = job.failure.as_ref().unwrap();
@@ -523,6 +602,7 @@ async fn the_lifecycle_holds_its_promises_under_faults() {
         "every succeeded job has its artifact"
     );
 
+    assert!(watched_and_published > 0, "some job succeeded, watched");
     let count = |kind: Submitted| submitted.iter().filter(|(_, _, s)| *s == kind).count();
     eprintln!(
         "soak (seed {seed:#x}): {} jobs ({} never enqueued, {} submitted twice) in {:.1} s; \
