@@ -1,6 +1,10 @@
 // Bedrock Jobs web UI: sign up / confirm / sign in against Cognito, submit prompts, follow
 // jobs until they end. No framework and no build step.
 //
+// A running job's text comes as it is written over the Event API's WebSocket (AWS AppSync
+// Events, see "Live text" below); its state (status, attempts, the end) comes from long-polls
+// of GET /jobs/{id}, which also bring its text, every flush, where there is no socket.
+//
 // What a model wrote is shown either as text (textContent) or as Markdown: marked turns it
 // into HTML with raw HTML escaped, then DOMPurify keeps only a fixed list of harmless elements
 // and http(s) links, so nothing in an answer can run, load or style anything.
@@ -298,6 +302,7 @@ async function renewTokens() {
 
 function endSession(message) {
   forgetSession();
+  liveFeed.stop();
   for (const entry of [...jobs.values()]) dropEntry(entry);
   forgetUsage();
   showSubmitError("");
@@ -502,6 +507,9 @@ function newEntry(jobId) {
     submitted: false, // submitted from this page: its output opens by itself
     opened: false,
     shownOutput: undefined,
+    held: undefined, // the text of its latest attempt as far as it is known (see spliceText)
+    gapRead: null, // a read of the job after the live feed missed some text, while in flight
+    gapReadAt: 0,
   };
   jobs.set(jobId, entry);
   const prompt = field(element, "prompt");
@@ -690,8 +698,10 @@ function render(job) {
   // was submitted with: keep what we already know. But text read while the job was running
   // is not its final output: a list entry saying it has finished makes it be read again.
   entry.job = { ...before, ...job };
+  if ("output" in job) entry.job.output = takeOutput(entry, entry.job);
   if (!("output" in job) && TERMINAL.has(job.status) && !TERMINAL.has(before.status)) {
     delete entry.job.output;
+    entry.held = undefined;
   }
   const { element, job: current } = entry;
 
@@ -739,6 +749,55 @@ async function loadDetail(entry) {
   }
 }
 
+/// The text to show for a job as read from the API. A finished job's output is its whole
+/// answer; a running job's is a prefix of its attempt's text as of the last flush (every 2 s),
+/// which may be behind what the live feed brought: it only adds what is new, and a read of an
+/// older attempt changes nothing.
+function takeOutput(entry, job) {
+  const attempt = job.attempts ?? entry.held?.attempt ?? 0;
+  if (TERMINAL.has(job.status)) {
+    entry.held = wholeText(attempt, job.output);
+  } else {
+    entry.held = spliceText(entry.held, { attempt, offset: 0, text: job.output }).held;
+  }
+  return entry.held.text;
+}
+
+/// A piece of text from the live feed: shown at once, unless the job has ended (its output is
+/// then the API's). A piece past the end of the text held means some were missed: the job is
+/// read again, and the pieces wait for what is missing.
+function showLiveText(entry, piece) {
+  if (!entry.follow || TERMINAL.has(entry.job.status)) return;
+  const { held, gap } = spliceText(entry.held, piece);
+  entry.held = held;
+  if (entry.job.output !== held.text) {
+    entry.job.output = held.text;
+    showOutput(entry);
+  }
+  if (gap) readAfterGap(entry);
+}
+
+/// Reads a job whose live text has a gap: once at a time, and at most every GAP_READ_MS while
+/// the gap stays open (a running job's text is read as of its last flush; the long-polls bring
+/// the next one).
+function readAfterGap(entry) {
+  if (entry.gapRead || Date.now() - entry.gapReadAt < GAP_READ_MS) return;
+  entry.gapReadAt = Date.now();
+  entry.gapRead = readAgain(entry).finally(() => {
+    entry.gapRead = null;
+  });
+}
+
+/// Reads a followed job again, for its text (after a gap, after the live feed reconnected);
+/// a failure is the long-polls' to find and say.
+async function readAgain(entry) {
+  try {
+    render(await api("GET", `/jobs/${encodeURIComponent(entry.id)}`));
+  } catch (error) {
+    if (error.status !== 401) console.warn("Could not read a job again", error);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Following unfinished jobs: one long-poll loop each
 // ---------------------------------------------------------------------------------------
@@ -767,18 +826,21 @@ function sleep(milliseconds, signal) {
   });
 }
 
+/// Follows an unfinished job: its long-poll loop, and its channel on the live feed.
 function follow(entry) {
   if (entry.follow || TERMINAL.has(entry.job.status)) return;
   const controller = new AbortController();
   entry.follow = controller;
+  liveFeed.watch(entry.id);
   followJob(entry, controller.signal).finally(() => {
-    if (entry.follow === controller) entry.follow = null;
+    if (entry.follow === controller) unfollow(entry);
   });
 }
 
 function unfollow(entry) {
   entry.follow?.abort();
   entry.follow = null;
+  liveFeed.unwatch(entry.id);
 }
 
 /// Asks GET /jobs/{id}?wait=20&after=SEQ until the job ends: the server answers as soon as
@@ -821,6 +883,329 @@ async function followJob(entry, signal) {
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// Live text: the Event API's WebSocket (AWS AppSync Events)
+// ---------------------------------------------------------------------------------------
+//
+// While someone subscribes to a running job's channel, /jobs/<sub>/<job id>, its worker
+// publishes what the model writes there, at most every LIVE_PUBLISH_MS (200 ms by default;
+// docs/contract.md, "Live output by push"), against a flush into the job every 2 s.
+// The page holds one socket for every job it follows, subscribes to a job when it starts
+// following it and unsubscribes when it stops; the long-polls go on beside it for the job's
+// state, which is not published. A socket that cannot be opened, is refused, is not
+// acknowledged in time or drops leaves the long-polls to bring the text, every flush; after a
+// drop the socket is opened again (jittered back-off), each job subscribed to again and read
+// once: the text read, then the pieces from its end on.
+
+/// The Event API's WebSocket subprotocol; the other one offered carries the authorization.
+const LIVE_SUBPROTOCOL = "aws-appsync-event-ws";
+/// A socket not acknowledged this long after it was asked counts as failed.
+const LIVE_ACK_TIMEOUT_MS = 5000;
+/// Without connection_ack's connectionTimeoutMs: a socket silent this long is dead.
+const LIVE_DEFAULT_TIMEOUT_MS = 300_000;
+/// Pauses before opening the socket again: from 1 s, doubling with each failure in a row up to
+/// 30 s, each a random half to whole of that.
+const LIVE_FIRST_RETRY_MS = 1000;
+const LIVE_MAX_RETRY_MS = 30_000;
+/// Sockets in a row that fail (before their acknowledgement, or within LIVE_STABLE_MS of it),
+/// after which the page keeps to long-polls until the next sign-in.
+const LIVE_MAX_FAILURES = 6;
+const LIVE_STABLE_MS = 1000;
+/// While a job's live text has a gap, it is read again at most this often.
+const GAP_READ_MS = 2000;
+/// At most this many pieces wait past a gap; the job's own text, read later, covers the rest.
+const MAX_PIECES_AHEAD = 256;
+
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+/// One attempt's text, whole: what a finished job's output is.
+function wholeText(attempt, text) {
+  return { attempt, text, bytes: utf8.encode(text).length, ahead: [] };
+}
+
+/// Adds `piece` to `held`, by the rules of the job's channel, and says whether something is
+/// missing. `held` (undefined: nothing yet) is the text of attempt `held.attempt` that the page
+/// has, from its start: `text`, `bytes` UTF-8 bytes long, and `ahead`, the pieces that start
+/// past its end, waiting for what is missing before them. `piece` is `{attempt, offset, text}`:
+/// `text` starts `offset` UTF-8 bytes (not UTF-16 units) into attempt `attempt`'s text, as a
+/// live event says, or at 0 for a running job's output as read from the API.
+///
+/// A piece of an older attempt changes nothing; one of a newer attempt starts its text anew.
+/// Of the same attempt: one that starts at the end is appended; one that starts before it
+/// adds only the bytes past it, if any (text never shortens); one that starts past it waits in
+/// `ahead` (a gap). Pieces in `ahead` are added as soon as the text reaches them. Returns
+/// `{held, gap}`: the new text held (a new object; `held` is not changed) and whether it has a
+/// gap, or a piece that does not line up with it: either way the job should be read again.
+export function spliceText(held, piece) {
+  if (held && piece.attempt < held.attempt) return { held, gap: held.ahead.length > 0 };
+  const start = held && held.attempt === piece.attempt ? held : wholeText(piece.attempt, "");
+  const pieces = [...start.ahead, piece].sort((a, b) => a.offset - b.offset);
+  let { text, bytes } = start;
+  const ahead = [];
+  let misaligned = false;
+  for (const next of pieces) {
+    if (next.offset > bytes) {
+      if (ahead.length < MAX_PIECES_AHEAD) ahead.push(next);
+      continue;
+    }
+    const raw = utf8.encode(next.text);
+    const known = bytes - next.offset;
+    if (known >= raw.length) continue;
+    // A cut inside a character: this piece is not of the text held.
+    if ((raw[known] & 0xc0) === 0x80) {
+      misaligned = true;
+      continue;
+    }
+    text += fromUtf8.decode(raw.subarray(known));
+    bytes = next.offset + raw.length;
+  }
+  return { held: { attempt: start.attempt, text, bytes, ahead }, gap: ahead.length > 0 || misaligned };
+}
+
+/// base64url without padding, of the UTF-8 of `text`.
+function base64url(text) {
+  const binary = Array.from(utf8.encode(text), (byte) => String.fromCharCode(byte)).join("");
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/// A data message's event, if it is text of job `jobId`.
+function textEvent(raw, jobId) {
+  let event = raw;
+  if (typeof raw === "string") {
+    try {
+      event = JSON.parse(raw);
+    } catch {
+      return null;
+    }
+  }
+  const valid =
+    event?.type === "text" &&
+    event.job_id === jobId &&
+    Number.isInteger(event.attempt) &&
+    Number.isInteger(event.offset) &&
+    event.offset >= 0 &&
+    typeof event.text === "string";
+  return valid ? event : null;
+}
+
+/// The page's one socket to the Event API, and the jobs it subscribes to. It calls
+/// `onText(jobId, event)` for each text event of a job it watches, and `onMissed(jobId)` when
+/// some of a job's text may have been missed: once it is subscribed to again after a drop, or
+/// when the server could not deliver an event.
+class LiveFeed {
+  #onText;
+  #onMissed;
+  #running = false;
+  #socket = null;
+  #acked = false;
+  #ackedAt = 0;
+  #failures = 0; // sockets in a row that failed (see LIVE_MAX_FAILURES)
+  #retry = null; // the timer that opens the socket again
+  #watchdog = null; // the acknowledgement's, then the keep-alives' deadline
+  #timeoutMs = LIVE_DEFAULT_TIMEOUT_MS;
+  #jobs = new Map(); // job id → { subscription: its id on this socket, or null; resume }
+  // (resume: it was subscribed to on a socket that dropped, and is read once subscribed again)
+  #subscriptions = new Map(); // subscription id → job id
+
+  constructor({ onText, onMissed }) {
+    this.#onText = onText;
+    this.#onMissed = onMissed;
+  }
+
+  /// Opens the socket, if config.json names the Event API (once; start again after stop).
+  start() {
+    if (this.#running || !config.events?.realtime || !config.events?.http) return;
+    this.#running = true;
+    this.#failures = 0;
+    this.#connect();
+  }
+
+  /// Closes the socket and forgets every job (signed out, or given up on).
+  stop() {
+    this.#running = false;
+    clearTimeout(this.#retry);
+    this.#retry = null;
+    this.#close();
+    this.#jobs.clear();
+    this.#subscriptions.clear();
+  }
+
+  /// Subscribes to a job's channel: now, or once the socket is acknowledged.
+  watch(jobId) {
+    if (!this.#running || this.#jobs.has(jobId)) return;
+    this.#jobs.set(jobId, { subscription: null, resume: false });
+    if (this.#acked) this.#subscribe(jobId);
+  }
+
+  unwatch(jobId) {
+    const job = this.#jobs.get(jobId);
+    if (!job) return;
+    this.#jobs.delete(jobId);
+    if (job.subscription) {
+      this.#subscriptions.delete(job.subscription);
+      this.#send({ type: "unsubscribe", id: job.subscription });
+    }
+  }
+
+  /// The HTTP endpoint's host, which the authorization names.
+  #host() {
+    return new URL(config.events.http).host;
+  }
+
+  async #connect() {
+    this.#retry = null;
+    if (session && session.expiresAt - Date.now() < 60_000) await refresh();
+    // Signed out meanwhile, or a socket opened by another call (stopped and started again).
+    if (!this.#running || !session || this.#socket) return;
+    let socket;
+    try {
+      const authorization = { host: this.#host(), Authorization: session.accessToken };
+      socket = new WebSocket(config.events.realtime, [LIVE_SUBPROTOCOL, `header-${base64url(JSON.stringify(authorization))}`]);
+    } catch (error) {
+      this.#dropped("could not be opened", error);
+      return;
+    }
+    this.#socket = socket;
+    this.#acked = false;
+    this.#arm(LIVE_ACK_TIMEOUT_MS, "was not acknowledged in time");
+    socket.addEventListener("open", () => {
+      if (socket === this.#socket) this.#send({ type: "connection_init" });
+    });
+    socket.addEventListener("message", (event) => {
+      if (socket === this.#socket) this.#receive(event.data);
+    });
+    socket.addEventListener("close", (event) => {
+      if (socket === this.#socket) this.#dropped(`closed (${event.code})`);
+    });
+  }
+
+  #receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    // Anything from the server shows the connection is alive.
+    if (this.#acked) this.#arm(this.#timeoutMs, "heard nothing, not even a keep-alive");
+    const jobId = this.#subscriptions.get(message.id);
+    switch (message.type) {
+      case "connection_ack":
+        this.#acked = true;
+        this.#ackedAt = Date.now();
+        this.#timeoutMs = Number(message.connectionTimeoutMs) > 0 ? Number(message.connectionTimeoutMs) : LIVE_DEFAULT_TIMEOUT_MS;
+        this.#arm(this.#timeoutMs, "heard nothing, not even a keep-alive");
+        for (const id of this.#jobs.keys()) this.#subscribe(id);
+        break;
+      case "subscribe_success": {
+        const job = this.#jobs.get(jobId);
+        if (job?.resume) {
+          job.resume = false;
+          this.#onMissed(jobId);
+        }
+        break;
+      }
+      case "subscribe_error": {
+        console.warn("The live feed refused a job's channel; it is followed by long-polls", message.errors);
+        this.#subscriptions.delete(message.id);
+        const job = this.#jobs.get(jobId);
+        if (job) job.subscription = null;
+        break;
+      }
+      case "data": {
+        const event = jobId && textEvent(message.event, jobId);
+        if (event) this.#onText(jobId, event);
+        break;
+      }
+      case "broadcast_error":
+        // An event of this subscription was not delivered (the server may close the socket
+        // next, which is then a drop).
+        console.warn("The live feed could not deliver an event", message.errors);
+        if (jobId) this.#onMissed(jobId);
+        break;
+      case "connection_error":
+        this.#dropped("was refused", message.errors);
+        break;
+      case "error":
+        console.warn("The live feed answered with an error", message.errors);
+        break;
+      default:
+        break; // ka, unsubscribe_success and _error
+    }
+  }
+
+  /// Subscribes to a job's channel with a fresh token (the subscription is authorized on its
+  /// own), unless it is subscribed already.
+  async #subscribe(jobId) {
+    if (session && session.expiresAt - Date.now() < 60_000) await refresh();
+    const job = this.#jobs.get(jobId);
+    const sub = session ? tokenClaims(session.accessToken).sub : "";
+    // A channel segment is 1 to 50 letters, digits and dashes; a Cognito sub is a UUID.
+    if (!job || job.subscription || !this.#acked || !/^[A-Za-z0-9-]{1,50}$/.test(sub)) return;
+    const id = crypto.randomUUID();
+    job.subscription = id;
+    this.#subscriptions.set(id, jobId);
+    this.#send({
+      type: "subscribe",
+      id,
+      channel: `/jobs/${sub}/${jobId}`,
+      authorization: { Authorization: session.accessToken, host: this.#host() },
+    });
+  }
+
+  #send(message) {
+    if (this.#socket?.readyState === WebSocket.OPEN) this.#socket.send(JSON.stringify(message));
+  }
+
+  /// Closes the socket if it does not hear from the server within `milliseconds`.
+  #arm(milliseconds, why) {
+    clearTimeout(this.#watchdog);
+    this.#watchdog = setTimeout(() => this.#dropped(why), milliseconds);
+  }
+
+  #close() {
+    clearTimeout(this.#watchdog);
+    const socket = this.#socket;
+    this.#socket = null;
+    this.#acked = false;
+    if (socket && socket.readyState !== WebSocket.CLOSED) socket.close();
+  }
+
+  /// The socket is gone (or never came): open another one after a pause, subscribe to every
+  /// job again and read each once; or, after too many failures in a row, keep to long-polls.
+  #dropped(why, detail) {
+    const acked = this.#acked;
+    this.#close();
+    for (const job of this.#jobs.values()) {
+      if (job.subscription) job.resume = true;
+      job.subscription = null;
+    }
+    this.#subscriptions.clear();
+    if (!this.#running) return;
+    this.#failures = acked && Date.now() - this.#ackedAt >= LIVE_STABLE_MS ? 0 : this.#failures + 1;
+    if (this.#failures >= LIVE_MAX_FAILURES) {
+      console.warn(`The live feed ${why}, ${this.#failures} times in a row; jobs are followed by long-polls`, detail ?? "");
+      this.stop();
+      return;
+    }
+    console.info(`The live feed ${why}; opening it again`, detail ?? "");
+    const ceiling = Math.min(LIVE_FIRST_RETRY_MS * 2 ** this.#failures, LIVE_MAX_RETRY_MS);
+    this.#retry = setTimeout(() => this.#connect(), ceiling * (0.5 + Math.random() / 2));
+  }
+}
+
+const liveFeed = new LiveFeed({
+  onText(jobId, event) {
+    const entry = jobs.get(jobId);
+    if (entry) showLiveText(entry, event);
+  },
+  onMissed(jobId) {
+    const entry = jobs.get(jobId);
+    if (entry?.follow) readAgain(entry);
+  },
+});
 
 // ---------------------------------------------------------------------------------------
 // The list
@@ -1164,6 +1549,7 @@ function showWorkspace() {
   $("account-email").textContent = session.email;
   $("account-email").title = session.email;
   $("prompt").focus();
+  liveFeed.start();
   reloadJobs();
   refreshUsage();
 }

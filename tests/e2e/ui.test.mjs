@@ -396,10 +396,20 @@ describe("the web UI", { concurrency: true }, () => {
     });
 
     /// Answers reads of the next job submitted with `answer(search, index)`: a job object, or
-    /// null to let the read through to the service.
+    /// null to let the read through to the service. The job's live text is played too: the
+    /// sockets the page opens from now on to the Event API (it opens one as it signs in, so
+    /// call this before) are acknowledged and take subscriptions, but carry no text: the real
+    /// job's would not be the played one's.
     async function playJob(page, answer) {
       const asked = [];
       let id;
+      await page.routeWebSocket(/\/event\/realtime$/, (ws) => {
+        ws.onMessage((message) => {
+          const { type, id: subscription } = JSON.parse(message);
+          if (type === "connection_init") ws.send(JSON.stringify({ type: "connection_ack", connectionTimeoutMs: 300_000 }));
+          if (type === "subscribe") ws.send(JSON.stringify({ type: "subscribe_success", id: subscription }));
+        });
+      });
       await page.route("**/generate", async (route) => {
         const response = await route.fetch();
         id = (await response.json()).job_id;
@@ -420,7 +430,6 @@ describe("the web UI", { concurrency: true }, () => {
 
     test("a running job's text grows as the long-poll answers bring it, then it shows its usage", async () => {
       const { page, problems } = await openPage(stack.url);
-      await signIn(page, DEMO);
       // Played as a streaming service gives them, each held a moment as a long-poll is until
       // the next change, so that each state can be seen.
       const states = [
@@ -439,6 +448,7 @@ describe("the web UI", { concurrency: true }, () => {
         await new Promise((resolve) => setTimeout(resolve, 700));
         return states[Math.min(index, states.length - 1)];
       });
+      await signIn(page, DEMO);
       await page.getByLabel("Prompt", { exact: true }).fill("tell me a story");
       const { id, item } = await submit(page);
       await rendered(item).filter({ hasText: "Once" }).waitFor(WAIT);
@@ -458,7 +468,6 @@ describe("the web UI", { concurrency: true }, () => {
 
     test("a refreshed list that says a job finished replaces the text read while it ran", async () => {
       const { page, problems } = await openPage(stack.url);
-      await signIn(page, DEMO);
       // The first read finds the job running with a little text; the long-poll after it is
       // held (as if the job went quiet). The real job has finished meanwhile.
       let release;
@@ -470,6 +479,7 @@ describe("the web UI", { concurrency: true }, () => {
         if (search) await held;
         return null;
       });
+      await signIn(page, DEMO);
       await page.getByLabel("Prompt", { exact: true }).fill("tell me a story");
       const { id, item } = await submit(page);
       await rendered(item).filter({ hasText: "Once" }).waitFor(WAIT);
