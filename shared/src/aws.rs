@@ -33,12 +33,7 @@ pub fn sdk_defaults() -> ConfigLoader {
 pub fn https_client() -> SharedHttpClient {
     let client = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(trust_store())
-                .build()
-                .expect("a TLS context of a trust store alone is valid"),
-        )
+        .tls_context(tls_context())
         .build_https();
     NoEagerConnector(client).into_shared()
 }
@@ -54,13 +49,15 @@ pub fn https_connector() -> aws_smithy_http_client::Connector {
     aws_smithy_http_client::Connector::builder()
         .connector_settings(settings)
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(trust_store())
-                .build()
-                .expect("a TLS context of a trust store alone is valid"),
-        )
+        .tls_context(tls_context())
         .build()
+}
+
+fn tls_context() -> TlsContext {
+    TlsContext::builder()
+        .with_trust_store(trust_store())
+        .build()
+        .expect("a TLS context of a trust store alone is valid")
 }
 
 /// The CA bundle named by `SSL_CERT_FILE`, else the distribution's (Amazon Linux, as in

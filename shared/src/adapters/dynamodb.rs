@@ -132,6 +132,36 @@ impl DynamoJobStore {
         Ok(output.item)
     }
 
+    /// A transition's conditional `UpdateItem` of a job's state: the state as it is after it,
+    /// or, refused, `Err` with the state as it is (`None`: there is no such job), which says
+    /// why.
+    async fn update_state(
+        &self,
+        id: JobId,
+        update: Update,
+    ) -> Result<Result<Option<Item>, Option<Item>>, Unavailable> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", s(id.to_string()))
+            .update_expression(update.expression)
+            .condition_expression(update.condition)
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Ok(output.attributes)),
+            Err(error) => match error.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(refusal) => Ok(Err(refusal.item)),
+                other => Err(Unavailable::new("DynamoDB UpdateItem", describe(&other))),
+            },
+        }
+    }
+
     /// The items under `keys` that exist. Eventually consistent first (half the read units),
     /// then, for the keys not found, strongly consistent: the items read here never change
     /// once written, and are written before the state that names them, so a key a consistent
@@ -562,35 +592,15 @@ impl JobStore for DynamoJobStore {
             lease: lease.clone(),
             piece: piece.clone(),
         };
-        let update = Update::of(&flush, at);
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("job_id", s(id.to_string()))
-            .update_expression(update.expression)
-            .condition_expression(update.condition)
-            .set_expression_attribute_names(Some(update.names))
-            .set_expression_attribute_values(Some(update.values))
-            // The state is small: whether the job is watched comes back at no cost.
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(Flushed::Kept {
-                watched_until: output
-                    .attributes
+        // The state is small: whether the job is watched comes back at no cost.
+        match self.update_state(id, Update::of(&flush, at)).await? {
+            Ok(state) => Ok(Flushed::Kept {
+                watched_until: state
                     .as_ref()
                     .and_then(|state| Record(state).number::<i64>("watched_until").ok().flatten())
                     .and_then(DateTime::from_timestamp_millis),
             }),
-            Err(error) => match error.into_service_error() {
-                UpdateItemError::ConditionalCheckFailedException(refusal) => Ok(Flushed::Lost(
-                    self.whole_one(refusal.item).await?.map(Box::new),
-                )),
-                other => Err(Unavailable::new("DynamoDB UpdateItem", describe(&other))),
-            },
+            Err(current) => Ok(Flushed::Lost(self.whole_one(current).await?.map(Box::new))),
         }
     }
 
@@ -679,32 +689,12 @@ impl JobStore for DynamoJobStore {
                 ));
             }
         }
-        let update = Update::of(transition, at);
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("job_id", s(id.to_string()))
-            .update_expression(update.expression)
-            .condition_expression(update.condition)
-            .set_expression_attribute_names(Some(update.names))
-            .set_expression_attribute_values(Some(update.values))
-            .return_values(ReturnValue::AllNew)
-            // A refusal says why: the job as it is (none: there is no such job).
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(output) => match self.whole_one(output.attributes).await? {
+        match self.update_state(id, Update::of(transition, at)).await? {
+            Ok(state) => match self.whole_one(state).await? {
                 Some(job) => Ok(Transitioned::Done(job)),
                 None => Err(Unavailable::new("DynamoDB UpdateItem", "no job came back")),
             },
-            Err(error) => match error.into_service_error() {
-                UpdateItemError::ConditionalCheckFailedException(refusal) => {
-                    Ok(Transitioned::Refused(self.whole_one(refusal.item).await?))
-                }
-                other => Err(Unavailable::new("DynamoDB UpdateItem", describe(&other))),
-            },
+            Err(current) => Ok(Transitioned::Refused(self.whole_one(current).await?)),
         }
     }
 
