@@ -58,7 +58,13 @@ async fn submit(api: &axum::Router, user: &str) -> ApiGatewayV2httpResponse {
 }
 
 async fn ledger(stack: &Stack, user: &str, kind: PeriodKind) -> PeriodUsage {
-    let period = Period::containing(kind, Utc::now());
+    ledger_at(stack, user, kind, Utc::now()).await
+}
+
+/// The user's ledger of the period of `kind` that holds `at`: a job counts in the periods it
+/// was submitted in.
+async fn ledger_at(stack: &Stack, user: &str, kind: PeriodKind, at: DateTime<Utc>) -> PeriodUsage {
+    let period = Period::containing(kind, at);
     let mut ledgers = stack
         .store()
         .usage(&Owner::new(user), &[period])
@@ -362,7 +368,8 @@ async fn a_crashed_job_failed_by_the_sweep_is_charged_once() {
 
     let failed = stack.store().get(job.id).await.unwrap().unwrap();
     assert_eq!(failed.status, JobStatus::Failed);
-    let day = ledger(&stack, "crasher", PeriodKind::Day).await;
+    // The job's own day (ten minutes ago may be yesterday, just after midnight UTC).
+    let day = ledger_at(&stack, "crasher", PeriodKind::Day, job.created_at).await;
     assert_eq!((day.jobs, day.settled_jobs), (1, 1));
     assert_eq!(
         day.committed.tokens, WORST_CASE,
