@@ -57,14 +57,14 @@ pub const AUTHORIZATION_SUBPROTOCOL_PREFIX: &str = "header-";
 /// The one channel namespace: a job's events go to `/jobs/<owner's sub>/<job id>`
 /// (`pipeline::domain::job_channel`, which the worker publishes to).
 pub const JOBS_NAMESPACE: &str = pipeline::domain::LIVE_NAMESPACE;
-/// At most this many events in one publish.
-pub const MAX_EVENTS_PER_PUBLISH: usize = 5;
+/// At most this many events in one publish (the limit the pipeline's publisher keeps to).
+pub use pipeline::ports::MAX_EVENTS_PER_PUBLISH;
 /// At most this many bytes in one event (the service's 240 KB).
 pub const MAX_EVENT_BYTES: usize = 240 * 1024;
 /// At most this many segments in a channel path, the wildcard included.
 pub const MAX_SEGMENTS: usize = 5;
 /// At most this many characters in a segment.
-pub const MAX_SEGMENT_CHARS: usize = 50;
+pub use pipeline::domain::MAX_SEGMENT_CHARS;
 /// What `connection_ack` tells the client: close the connection after this long without a
 /// keep-alive.
 pub const CONNECTION_TIMEOUT_MS: u64 = 300_000;
@@ -171,13 +171,7 @@ impl Channel {
             }
         }
         for segment in &segments {
-            let well_formed = (1..=MAX_SEGMENT_CHARS).contains(&segment.len())
-                && segment
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
-                && !segment.starts_with('-')
-                && !segment.ends_with('-');
-            if !well_formed {
+            if !pipeline::domain::is_channel_segment(segment) {
                 return invalid(
                     "each segment is 1 to 50 letters, digits or dashes, and starts and ends with a letter or digit; a wildcard (*) may only end a subscription's channel.",
                 );

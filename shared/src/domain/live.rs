@@ -14,17 +14,27 @@ pub const LIVE_NAMESPACE: &str = "jobs";
 /// than any attempt (the worker's timeout is 5 minutes).
 pub const WATCH_FOR: Duration = Duration::minutes(15);
 
+/// The longest channel segment AppSync Events takes.
+pub const MAX_SEGMENT_CHARS: usize = 50;
+
+/// Whether `segment` may be one segment of a channel: 1 to 50 letters, digits or dashes,
+/// starting and ending with a letter or digit (AppSync Events' rule).
+pub fn is_channel_segment(segment: &str) -> bool {
+    (1..=MAX_SEGMENT_CHARS).contains(&segment.len())
+        && segment
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        && !segment.starts_with('-')
+        && !segment.ends_with('-')
+}
+
 /// A job's channel, `/jobs/<owner>/<job id>`: the namespace's subscribe handler lets only
 /// the subscriber whose `sub` is the owner segment in. `None` for an owner whose name cannot
-/// be a channel segment (1 to 50 of `A-Z a-z 0-9 -`: an IAM principal's ARN, say), whose jobs
+/// be a channel segment ([`is_channel_segment`]: an IAM principal's ARN, say), whose jobs
 /// are followed by long-polls only.
 pub fn job_channel(owner: &Owner, id: JobId) -> Option<String> {
     let segment = owner.as_str();
-    let valid = (1..=50).contains(&segment.len())
-        && segment
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
-    valid.then(|| format!("/{LIVE_NAMESPACE}/{segment}/{id}"))
+    is_channel_segment(segment).then(|| format!("/{LIVE_NAMESPACE}/{segment}/{id}"))
 }
 
 /// Whether a job watched until `until` is watched at `at`.
@@ -70,8 +80,10 @@ mod tests {
         for owner in [
             arn,
             Owner::new(""),
-            Owner::new("a".repeat(51)),
+            Owner::new("a".repeat(MAX_SEGMENT_CHARS + 1)),
             Owner::new("a/b"),
+            Owner::new("-a"),
+            Owner::new("a-"),
         ] {
             assert_eq!(job_channel(&owner, id), None, "{owner:?}");
         }

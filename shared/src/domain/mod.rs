@@ -21,7 +21,10 @@ pub use job::{
     CallUsage, Completion, FailureCode, Guard, IdempotencyKey, Job, JobFailure, JobId, JobStatus,
     Lease, LeaseId, Owner, Revision, Standing, TextPiece, Transition, Transitioned, Usage, Written,
 };
-pub use live::{LIVE_NAMESPACE, LiveEvent, WATCH_FOR, is_watched, job_channel};
+pub use live::{
+    LIVE_NAMESPACE, LiveEvent, MAX_SEGMENT_CHARS, WATCH_FOR, is_channel_segment, is_watched,
+    job_channel,
+};
 pub use message::{decode_job_message, encode_job_message};
 pub use pricing::{NanoUsd, Price, PriceError, PriceTable, TokenCounts};
 pub use quota::RateWindow;
